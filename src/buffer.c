@@ -1,0 +1,69 @@
+/* buffer.c - the growable buffer behind request bodies and responses. */
+#include "buffer.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+int sx_buf_reserve(sx_buf *b, size_t extra)
+{
+    size_t need = b->len + extra, cap;
+    char *p;
+    if (need < b->len)
+        return -1;
+    if (need <= b->cap)
+        return 0;
+    cap = b->cap ? b->cap : 256;
+    while (cap < need) {
+        if (cap > ((size_t)-1) / 2)
+            return -1;
+        cap *= 2;
+    }
+    p = realloc(b->data, cap);
+    if (p == NULL)
+        return -1;
+    b->data = p;
+    b->cap = cap;
+    return 0;
+}
+
+int sx_buf_add(sx_buf *b, const char *s, size_t n)
+{
+    if (sx_buf_reserve(b, n) != 0)
+        return -1;
+    if (n > 0)
+        memcpy(b->data + b->len, s, n);
+    b->len += n;
+    return 0;
+}
+
+int sx_buf_addf(sx_buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+    va_start(ap, fmt);
+    n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0 || sx_buf_reserve(b, (size_t)n + 1) != 0)
+        return -1;
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+    return 0;
+}
+
+int sx_buf_cstr(sx_buf *b)
+{
+    if (sx_buf_reserve(b, 1) != 0)
+        return -1;
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+void sx_buf_free(sx_buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}

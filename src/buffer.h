@@ -1,0 +1,41 @@
+/* buffer.h - a growable byte buffer (request bodies, URLs, responses). */
+#ifndef SENDX_BUFFER_H
+#define SENDX_BUFFER_H
+
+#include <stddef.h>
+#include <string.h>
+
+typedef struct sx_buf {
+    char *data;
+    size_t len;
+    size_t cap;
+} sx_buf;
+
+/* All return 0 on success and -1 when memory could not be had. */
+int sx_buf_reserve(sx_buf *b, size_t extra);
+int sx_buf_add(sx_buf *b, const char *s, size_t n);
+int sx_buf_addf(sx_buf *b, const char *fmt, ...)
+#ifdef __GNUC__
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+/* NUL-terminates without counting the terminator in len. */
+int sx_buf_cstr(sx_buf *b);
+void sx_buf_free(sx_buf *b);
+
+static inline void sx_buf_reset(sx_buf *b) { b->len = 0; }
+
+static inline int sx_buf_addc(sx_buf *b, char c)
+{
+    if (b->len == b->cap && sx_buf_reserve(b, 1) != 0)
+        return -1;
+    b->data[b->len++] = c;
+    return 0;
+}
+
+static inline int sx_buf_adds(sx_buf *b, const char *s)
+{
+    return sx_buf_add(b, s, strlen(s));
+}
+
+#endif

@@ -1,0 +1,515 @@
+/*
+ * encode.c - the schema encoder: validates Lua tables against the SendX
+ * request schema and writes the JSON body in the same pass.
+ *
+ * Tables are read with raw access only, so no Lua code runs while a body is
+ * being built; field order on the wire is fixed (schema order).
+ */
+#include "encode.h"
+#include "compat.h"
+
+#include <lauxlib.h>
+#include <ctype.h>
+#include <math.h>
+#include <stdarg.h>
+#include <string.h>
+
+#define MEMERR(L) luaL_error((L), "sendx: not enough memory")
+
+/* ---------------------------------------------------------------------------
+ * Errors
+ * ------------------------------------------------------------------------ */
+
+int sx_argerror(lua_State *L, int arg, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    return luaL_argerror(L, arg, lua_tostring(L, -1));
+}
+
+static int lower(int c) { return tolower((unsigned char)c); }
+
+/* Case-insensitive edit distance, capped: enough to rank a handful of names. */
+static size_t distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b), i, j, row[64];
+    if (la >= 63 || lb >= 63)
+        return 99;
+    for (j = 0; j <= lb; j++)
+        row[j] = j;
+    for (i = 1; i <= la; i++) {
+        size_t diag = row[0], up;
+        row[0] = i;
+        for (j = 1; j <= lb; j++) {
+            size_t best = diag + (lower(a[i - 1]) != lower(b[j - 1]));
+            up = row[j];
+            if (up + 1 < best)
+                best = up + 1;
+            if (row[j - 1] + 1 < best)
+                best = row[j - 1] + 1;
+            diag = up;
+            row[j] = best;
+        }
+    }
+    return row[lb];
+}
+
+int sx_unknown_field(lua_State *L, int arg, const char *prefix, const char *key,
+                     const char *const *names)
+{
+    const char *best = NULL;
+    size_t bestd = (size_t)-1, limit = strlen(key) / 3 + 2;
+    for (; *names != NULL; names++) {
+        size_t d = distance(key, *names);
+        if (d < bestd) {
+            bestd = d;
+            best = *names;
+        }
+    }
+    if (best != NULL && bestd <= limit)
+        return sx_argerror(L, arg, "%s%s: unknown field (did you mean '%s'?)",
+                           prefix, key, best);
+    return sx_argerror(L, arg, "%s%s: unknown field", prefix, key);
+}
+
+/* ---------------------------------------------------------------------------
+ * JSON strings
+ * ------------------------------------------------------------------------ */
+
+/* Length of the valid UTF-8 sequence at s (at most n bytes), 0 if invalid. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0];
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xC2 && c <= 0xDF)
+        return (n >= 2 && (s[1] & 0xC0) == 0x80) ? 2 : 0;
+    if (c >= 0xE0 && c <= 0xEF) {
+        unsigned lo = (c == 0xE0) ? 0xA0 : 0x80, hi = (c == 0xED) ? 0x9F : 0xBF;
+        return (n >= 3 && s[1] >= lo && s[1] <= hi && (s[2] & 0xC0) == 0x80) ? 3 : 0;
+    }
+    if (c >= 0xF0 && c <= 0xF4) {
+        unsigned lo = (c == 0xF0) ? 0x90 : 0x80, hi = (c == 0xF4) ? 0x8F : 0xBF;
+        return (n >= 4 && s[1] >= lo && s[1] <= hi && (s[2] & 0xC0) == 0x80 &&
+                (s[3] & 0xC0) == 0x80) ? 4 : 0;
+    }
+    return 0;
+}
+
+int sx_utf8_valid(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+    while (p < end) {
+        size_t k = utf8_seq(p, (size_t)(end - p));
+        if (k == 0)
+            return 0;
+        p += k;
+    }
+    return 1;
+}
+
+/* Writes s as a JSON string; raises naming `path` on invalid UTF-8. Only the
+ * quote, the backslash and control characters are escaped ('/' is not). */
+static void add_json_string(lua_State *L, sx_buf *b, const char *s, size_t len,
+                            int arg, const char *path)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+    char *out;
+    if (len > ((size_t)-1 - 2) / 6 || sx_buf_reserve(b, len * 6 + 2) != 0)
+        MEMERR(L);
+    out = b->data + b->len;
+    *out++ = '"';
+    while (p < end) {
+        unsigned c = *p;
+        if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80) {
+            *out++ = (char)*p++;
+        } else if (c >= 0x80) {
+            size_t k = utf8_seq(p, (size_t)(end - p));
+            if (k == 0)
+                sx_argerror(L, arg, "%s: invalid UTF-8 at byte %d", path,
+                            (int)(p - (const unsigned char *)s) + 1);
+            memcpy(out, p, k);
+            out += k;
+            p += k;
+        } else {
+            *out++ = '\\';
+            switch (c) {
+            case '"': *out++ = '"'; break;
+            case '\\': *out++ = '\\'; break;
+            case '\n': *out++ = 'n'; break;
+            case '\r': *out++ = 'r'; break;
+            case '\t': *out++ = 't'; break;
+            case '\b': *out++ = 'b'; break;
+            case '\f': *out++ = 'f'; break;
+            default:
+                *out++ = 'u'; *out++ = '0'; *out++ = '0';
+                *out++ = hex[c >> 4]; *out++ = hex[c & 15];
+            }
+            p++;
+        }
+    }
+    *out++ = '"';
+    b->len = (size_t)(out - b->data);
+}
+
+/* Pushes a short description of the table key at idx, for messages. */
+static const char *describe_key(lua_State *L, int idx)
+{
+    switch (lua_type(L, idx)) {
+    case LUA_TSTRING: return lua_pushfstring(L, "'%s'", lua_tostring(L, idx));
+    case LUA_TNUMBER: return lua_pushfstring(L, "%f", (double)lua_tonumber(L, idx));
+    default: return lua_pushstring(L, luaL_typename(L, idx));
+    }
+}
+
+static void add_raw(lua_State *L, sx_buf *b, const char *s)
+{
+    if (sx_buf_adds(b, s) != 0)
+        MEMERR(L);
+}
+
+/* ---------------------------------------------------------------------------
+ * Field values
+ * ------------------------------------------------------------------------ */
+
+/* The string at the top of the stack, or an error naming `path`. */
+static const char *want_string(lua_State *L, int arg, const char *path, size_t *len)
+{
+    if (lua_type(L, -1) != LUA_TSTRING)
+        sx_argerror(L, arg, "%s: expected string, got %s", path, luaL_typename(L, -1));
+    return lua_tolstring(L, -1, len);
+}
+
+static int days_in_month(int y, int m)
+{
+    static const int days[] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+    int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    return (m == 2 && leap) ? 29 : days[m - 1];
+}
+
+static int digits(const char *s, int n)
+{
+    int v = 0, i;
+    for (i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+static void check_birthday(lua_State *L, int arg, const char *s, size_t len)
+{
+    int y = 0, m = 0, d = 0, shape;
+    shape = len == 10 && s[4] == '-' && s[7] == '-' && (y = digits(s, 4)) >= 1 &&
+            (m = digits(s + 5, 2)) >= 1 && m <= 12 && (d = digits(s + 8, 2)) >= 1;
+    if (!shape)
+        sx_argerror(L, arg, "birthday: expected a date YYYY-MM-DD, got '%s'", s);
+    if (d > days_in_month(y, m))
+        sx_argerror(L, arg, "birthday: %s is not a calendar date", s);
+}
+
+/* "++N" / "--N" asks SendX to change a number field: not idempotent. */
+static int is_increment(const char *s, size_t len)
+{
+    return len >= 3 && (s[0] == '+' || s[0] == '-') && s[1] == s[0] &&
+           isdigit((unsigned char)s[2]);
+}
+
+/* Encodes the custom field value at the top of the stack as a JSON string.
+ * Returns 1 for an increment. */
+static int add_custom_value(lua_State *L, sx_buf *b, int arg, const char *key)
+{
+    size_t len;
+    const char *s;
+    switch (lua_type(L, -1)) {
+    case LUA_TSTRING:
+        s = lua_tolstring(L, -1, &len);
+        lua_pushfstring(L, "customFields.%s", key);
+        add_json_string(L, b, s, len, arg, lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return is_increment(s, len);
+    case LUA_TBOOLEAN:
+        add_raw(L, b, lua_toboolean(L, -1) ? "\"true\"" : "\"false\"");
+        return 0;
+    case LUA_TNUMBER: {
+        lua_Number n = lua_tonumber(L, -1);
+        if (isnan(n) || isinf(n))
+            sx_argerror(L, arg, "customFields.%s: NaN and infinities cannot be sent", key);
+        lua_pushvalue(L, -1); /* tostring converts in place on 5.1 */
+        s = lua_tolstring(L, -1, &len);
+        add_json_string(L, b, s, len, arg, key);
+        lua_pop(L, 1);
+        return 0;
+    }
+    default:
+        return sx_argerror(L, arg, "customFields.%s: expected string, number or boolean, got %s",
+                           key, luaL_typename(L, -1));
+    }
+}
+
+/* customFields: a JSON object of string -> string, always an object. */
+static int add_custom_fields(lua_State *L, sx_buf *b, int arg, const char *name)
+{
+    int first = 1, incr = 0;
+    if (!lua_istable(L, -1))
+        sx_argerror(L, arg, "%s: expected table, got %s", name, luaL_typename(L, -1));
+    add_raw(L, b, "{");
+    lua_pushnil(L);
+    while (lua_next(L, -2) != 0) {
+        size_t klen;
+        const char *k;
+        if (lua_type(L, -2) != LUA_TSTRING)
+            sx_argerror(L, arg, "%s: field names must be strings, got %s", name,
+                        luaL_typename(L, -2));
+        k = lua_tolstring(L, -2, &klen);
+        if (klen == 0)
+            sx_argerror(L, arg, "%s: empty field name", name);
+        if (!first)
+            add_raw(L, b, ",");
+        first = 0;
+        add_json_string(L, b, k, klen, arg, name);
+        add_raw(L, b, ":");
+        incr |= add_custom_value(L, b, arg, k);
+        lua_pop(L, 1);
+    }
+    add_raw(L, b, "}");
+    return incr;
+}
+
+/* A proper sequence of non-empty strings, always written as a JSON array. */
+static void add_string_array(lua_State *L, sx_buf *b, int arg, const char *name)
+{
+    lua_Integer n = 0, max = 0, i;
+    if (!lua_istable(L, -1))
+        sx_argerror(L, arg, "%s: expected a sequence of strings, got %s", name,
+                    luaL_typename(L, -1));
+    lua_pushnil(L);
+    while (lua_next(L, -2) != 0) {
+        lua_Integer k = 0;
+        lua_pop(L, 1);
+        if (!lua_isinteger(L, -1) || (k = lua_tointeger(L, -1)) < 1)
+            sx_argerror(L, arg, "%s: expected a sequence, found key %s", name,
+                        describe_key(L, -1));
+        n++;
+        if (k > max)
+            max = k;
+    }
+    for (i = 1; max != n && i <= n + 1; i++) {
+        lua_rawgeti(L, -1, i);
+        if (lua_isnil(L, -1))
+            sx_argerror(L, arg, "%s: expected a sequence, found a hole at [%d]", name, (int)i);
+        lua_pop(L, 1);
+    }
+    add_raw(L, b, "[");
+    for (i = 1; i <= n; i++) {
+        size_t len;
+        const char *s;
+        lua_rawgeti(L, -1, i);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            sx_argerror(L, arg, "%s[%d]: expected string, got %s", name, (int)i,
+                        luaL_typename(L, -1));
+        s = lua_tolstring(L, -1, &len);
+        if (len == 0)
+            sx_argerror(L, arg, "%s[%d]: empty tag", name, (int)i);
+        if (i > 1)
+            add_raw(L, b, ",");
+        add_json_string(L, b, s, len, arg, name);
+        lua_pop(L, 1);
+    }
+    add_raw(L, b, "]");
+}
+
+/* ---------------------------------------------------------------------------
+ * Schemas
+ * ------------------------------------------------------------------------ */
+
+typedef enum { T_STRING, T_EMAIL, T_DATE, T_OBJECT, T_ARRAY } ftype;
+
+typedef struct field {
+    const char *name;  /* the wire name */
+    const char *alias; /* the snake_case spelling, or NULL */
+    ftype type;
+} field;
+
+static const field identify_fields[] = {
+    { "email", NULL, T_EMAIL },
+    { "firstName", "first_name", T_STRING },
+    { "lastName", "last_name", T_STRING },
+    { "company", NULL, T_STRING },
+    { "newEmail", "new_email", T_EMAIL },
+    { "birthday", NULL, T_DATE },
+    { "customFields", "custom_fields", T_OBJECT },
+    { "tags", NULL, T_ARRAY },
+    { NULL, NULL, T_STRING },
+};
+
+static const char *const identify_names[] = {
+    "email", "firstName", "lastName", "company", "newEmail", "birthday", "customFields",
+    "tags", "first_name", "last_name", "new_email", "custom_fields", NULL,
+};
+
+static const field track_fields[] = {
+    { "addTags", "add_tags", T_ARRAY },
+    { "removeTags", "remove_tags", T_ARRAY },
+    { NULL, NULL, T_STRING },
+};
+
+static const char *const track_names[] = {
+    "addTags", "removeTags", "add_tags", "remove_tags", NULL,
+};
+
+#define MAX_FIELDS 8
+
+/* First pass: every key must name a field, in one spelling only. Fills
+ * spelling[i] with the key to read for field i (NULL when absent). */
+static void scan_keys(lua_State *L, int idx, int arg, const field *fields,
+                      const char *const *names, const char **spelling)
+{
+    int i;
+    for (i = 0; fields[i].name != NULL; i++)
+        spelling[i] = NULL;
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+        const char *k, *hit = NULL;
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            sx_argerror(L, arg, "unexpected key %s (fields are named)", describe_key(L, -1));
+        k = lua_tostring(L, -1);
+        for (i = 0; fields[i].name != NULL && hit == NULL; i++) {
+            if (strcmp(k, fields[i].name) == 0)
+                hit = fields[i].name;
+            else if (fields[i].alias != NULL && strcmp(k, fields[i].alias) == 0)
+                hit = fields[i].alias;
+        }
+        if (hit == NULL)
+            sx_unknown_field(L, arg, "", k, names);
+        i--;
+        if (spelling[i] != NULL)
+            sx_argerror(L, arg, "%s: given twice (as '%s' and '%s')", fields[i].name,
+                        fields[i].name, fields[i].alias);
+        spelling[i] = hit;
+    }
+}
+
+static void add_key(lua_State *L, sx_buf *b, const char *name, int *first)
+{
+    if (!*first)
+        add_raw(L, b, ",");
+    *first = 0;
+    add_raw(L, b, "\"");
+    add_raw(L, b, name);
+    add_raw(L, b, "\":");
+}
+
+/* Encodes one field value at the top of the stack. Returns 1 for increments. */
+static int add_field(lua_State *L, sx_buf *b, int arg, const field *f)
+{
+    size_t len;
+    const char *s;
+    switch (f->type) {
+    case T_OBJECT:
+        return add_custom_fields(L, b, arg, f->name);
+    case T_ARRAY:
+        add_string_array(L, b, arg, f->name);
+        return 0;
+    default:
+        break;
+    }
+    s = want_string(L, arg, f->name, &len);
+    if (f->type == T_EMAIL && len == 0)
+        sx_argerror(L, arg, "%s: must not be empty", f->name);
+    if (f->type == T_DATE)
+        check_birthday(L, arg, s, len);
+    add_json_string(L, b, s, len, arg, f->name);
+    return 0;
+}
+
+static int encode_fields(lua_State *L, int idx, int arg, const field *fields,
+                         const char *const *spelling, sx_buf *b, int first)
+{
+    int i, incr = 0;
+    for (i = 0; fields[i].name != NULL; i++) {
+        if (spelling[i] == NULL)
+            continue;
+        lua_pushstring(L, spelling[i]);
+        lua_rawget(L, idx);
+        add_key(L, b, fields[i].name, &first);
+        incr |= add_field(L, b, arg, &fields[i]);
+        lua_pop(L, 1);
+    }
+    return incr;
+}
+
+static int absindex(lua_State *L, int idx)
+{
+    return (idx > 0 || idx <= LUA_REGISTRYINDEX) ? idx : lua_gettop(L) + idx + 1;
+}
+
+int sx_encode_identify(lua_State *L, int idx, int arg, sx_api api, sx_buf *b)
+{
+    const char *spelling[MAX_FIELDS];
+    int incr;
+    idx = absindex(L, idx);
+    if (!lua_istable(L, idx))
+        sx_argerror(L, arg, "contact: expected table, got %s", luaL_typename(L, idx));
+    luaL_checkstack(L, 8, NULL);
+    scan_keys(L, idx, arg, identify_fields, identify_names, spelling);
+    if (spelling[0] == NULL)
+        sx_argerror(L, arg, "email: required");
+    if (api == SX_API_REST && spelling[5] != NULL)
+        sx_argerror(L, arg, "birthday: not accepted by api 'rest' (legacy only)");
+    sx_buf_reset(b);
+    add_raw(L, b, "{");
+    incr = encode_fields(L, idx, arg, identify_fields, spelling, b, 1);
+    add_raw(L, b, "}");
+    return incr;
+}
+
+void sx_encode_track(lua_State *L, int idx, int arg, const char *email,
+                     size_t email_len, sx_buf *b)
+{
+    const char *spelling[MAX_FIELDS];
+    int i, first = 1;
+    idx = absindex(L, idx);
+    if (!lua_istable(L, idx))
+        sx_argerror(L, arg, "changes: expected table, got %s", luaL_typename(L, idx));
+    luaL_checkstack(L, 8, NULL);
+    scan_keys(L, idx, arg, track_fields, track_names, spelling);
+    sx_buf_reset(b);
+    add_raw(L, b, "{");
+    if (email != NULL) {
+        add_key(L, b, "email", &first);
+        add_json_string(L, b, email, email_len, arg, "email");
+    }
+    for (i = 0; track_fields[i].name != NULL; i++) {
+        add_key(L, b, track_fields[i].name, &first);
+        if (spelling[i] == NULL) {
+            add_raw(L, b, "[]");
+            continue;
+        }
+        lua_pushstring(L, spelling[i]);
+        lua_rawget(L, idx);
+        add_string_array(L, b, arg, track_fields[i].name);
+        lua_pop(L, 1);
+    }
+    add_raw(L, b, "}");
+}
+
+const char *sx_check_email(lua_State *L, int arg, size_t *len)
+{
+    const char *s;
+    if (lua_type(L, arg) != LUA_TSTRING)
+        sx_argerror(L, arg, "email: expected string, got %s", luaL_typename(L, arg));
+    s = lua_tolstring(L, arg, len);
+    if (*len == 0)
+        sx_argerror(L, arg, "email: must not be empty");
+    if (strlen(s) != *len || strpbrk(s, "\r\n") != NULL)
+        sx_argerror(L, arg, "email: must not contain CR, LF or NUL");
+    if (!sx_utf8_valid(s, *len))
+        sx_argerror(L, arg, "email: invalid UTF-8");
+    return s;
+}

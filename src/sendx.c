@@ -1,0 +1,713 @@
+/*
+ * sendx.c - the module glue: luaopen_sendx, options, the client metatable,
+ * and the conversion of transport results into Lua values.
+ */
+#include "compat.h"
+#include "encode.h"
+#include "transport.h"
+
+#include <lauxlib.h>
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define SENDX_VERSION "1.0.0"
+#define CLIENT_MT "sendx.client"
+#define BUFFER_MT "sendx.buffer"
+#define DEFAULT_KEY "sendx.default"
+#define LEGACY_BASE "https://app.sendx.io/api/v1"
+#define REST_BASE "https://api.sendx.io/api/v1/rest"
+
+/* Upvalues shared by every module function and method. */
+#define UV_SCRATCH lua_upvalueindex(1) /* sx_buf for encode_* */
+#define UV_DECODE lua_upvalueindex(2)  /* a private lua-cjson decode */
+
+typedef struct sx_client {
+    sx_conn conn;
+    int open;            /* conn holds libcurl resources */
+    sx_api api;
+    sx_buf base;         /* base URL, no trailing slash, NUL-terminated */
+    sx_buf team;         /* team id, NUL-terminated; empty for rest */
+    sx_buf url;          /* scratch: the request URL */
+    sx_buf body;         /* scratch: the request body */
+    char key_tail[8];    /* what tostring may show of the key */
+    const char *missing; /* default client without credentials: why */
+} sx_client;
+
+#define MEMERR(L) luaL_error((L), "sendx: not enough memory")
+
+/* ---------------------------------------------------------------------------
+ * Options
+ * ------------------------------------------------------------------------ */
+
+typedef struct options {
+    const char *api_key, *team_id, *base_url, *user_agent, *ca_file, *proxy;
+    sx_api api;
+    long timeout_ms, connect_timeout_ms, max_retry_wait_ms;
+    int retries;
+} options;
+
+static const char *const option_names[] = {
+    "api_key", "team_id", "base_url", "api", "timeout", "connect_timeout", "retries",
+    "user_agent", "ca_file", "proxy", "max_retry_wait", NULL,
+};
+
+/* The option `name` of the table at idx pushed, or nil. */
+static int get_option(lua_State *L, int idx, const char *name)
+{
+    lua_pushstring(L, name);
+    lua_rawget(L, idx);
+    return !lua_isnil(L, -1);
+}
+
+/* A string that will travel in a header or URL: no CR, LF or NUL. */
+static const char *opt_string(lua_State *L, int idx, int arg, const char *name)
+{
+    size_t len;
+    const char *s;
+    if (!get_option(L, idx, name)) {
+        lua_pop(L, 1);
+        return NULL;
+    }
+    if (lua_type(L, -1) != LUA_TSTRING)
+        sx_argerror(L, arg, "%s: expected string, got %s", name, luaL_typename(L, -1));
+    s = lua_tolstring(L, -1, &len);
+    if (len == 0)
+        sx_argerror(L, arg, "%s: must not be empty", name);
+    if (strlen(s) != len || strpbrk(s, "\r\n") != NULL)
+        sx_argerror(L, arg, "%s: must not contain CR, LF or NUL", name);
+    lua_pop(L, 1); /* still referenced by the options table */
+    return s;
+}
+
+/* Seconds as milliseconds, within [min, max]; `def` when absent. */
+static long opt_seconds(lua_State *L, int idx, int arg, const char *name, double min,
+                        double max, long def)
+{
+    double v;
+    if (!get_option(L, idx, name)) {
+        lua_pop(L, 1);
+        return def;
+    }
+    v = lua_type(L, -1) == LUA_TNUMBER ? (double)lua_tonumber(L, -1) : -1.0;
+    if (!(v >= min && v <= max))
+        sx_argerror(L, arg, "%s: expected a number of seconds from %d to %d", name, (int)min,
+                    (int)max);
+    lua_pop(L, 1);
+    return v > 0 && v < 0.001 ? 1 : (long)(v * 1000.0);
+}
+
+static int opt_retries(lua_State *L, int idx, int arg)
+{
+    int n = 2;
+    if (get_option(L, idx, "retries")) {
+        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > 10)
+            sx_argerror(L, arg, "retries: expected an integer from 0 to 10");
+        n = (int)lua_tointeger(L, -1);
+    }
+    lua_pop(L, 1);
+    return n;
+}
+
+static sx_api opt_api(lua_State *L, int idx, int arg)
+{
+    const char *s = opt_string(L, idx, arg, "api");
+    if (s == NULL || strcmp(s, "legacy") == 0)
+        return SX_API_LEGACY;
+    if (strcmp(s, "rest") == 0)
+        return SX_API_REST;
+    return (sx_api)sx_argerror(L, arg, "api: expected 'legacy' or 'rest', got '%s'", s);
+}
+
+static const char *env_or(const char *v, const char *env, int use_env)
+{
+    const char *e;
+    if (v != NULL || !use_env)
+        return v;
+    e = getenv(env);
+    return (e != NULL && *e != '\0') ? e : NULL;
+}
+
+/* Reads and checks the options table at idx (which may be nil when use_env). */
+static void read_options(lua_State *L, int idx, int arg, int use_env, options *o)
+{
+    if (lua_isnoneornil(L, idx) && use_env) {
+        lua_newtable(L);
+        lua_replace(L, idx);
+    }
+    if (!lua_istable(L, idx))
+        sx_argerror(L, arg, "options: expected table, got %s", luaL_typename(L, idx));
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+        const char *const *n;
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            sx_argerror(L, arg, "options: unexpected %s key", luaL_typename(L, -1));
+        for (n = option_names; *n != NULL && strcmp(*n, lua_tostring(L, -1)) != 0; n++)
+            ;
+        if (*n == NULL)
+            sx_unknown_field(L, arg, "", lua_tostring(L, -1), option_names);
+    }
+    o->api = opt_api(L, idx, arg);
+    o->api_key = env_or(opt_string(L, idx, arg, "api_key"), "SENDX_API_KEY", use_env);
+    o->team_id = env_or(opt_string(L, idx, arg, "team_id"), "SENDX_TEAM_ID", use_env);
+    o->base_url = env_or(opt_string(L, idx, arg, "base_url"), "SENDX_BASE_URL", use_env);
+    o->user_agent = opt_string(L, idx, arg, "user_agent");
+    o->ca_file = opt_string(L, idx, arg, "ca_file");
+    o->proxy = opt_string(L, idx, arg, "proxy");
+    o->timeout_ms = opt_seconds(L, idx, arg, "timeout", 0.001, 3600, 10000);
+    o->connect_timeout_ms = opt_seconds(L, idx, arg, "connect_timeout", 0.001, 3600, 3000);
+    o->max_retry_wait_ms = opt_seconds(L, idx, arg, "max_retry_wait", 0, 30, SX_MAX_RETRY_WAIT_MS);
+    o->retries = opt_retries(L, idx, arg);
+}
+
+/* ---------------------------------------------------------------------------
+ * base_url: parsed by libcurl itself, so what is checked is what is used
+ * ------------------------------------------------------------------------ */
+
+static int is_loopback(const char *host)
+{
+    struct in_addr a4;
+    if (strcasecmp(host, "localhost") == 0 || strcmp(host, "[::1]") == 0)
+        return 1;
+    return inet_pton(AF_INET, host, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127;
+}
+
+/* NULL when url is acceptable, else what is wrong with it. */
+static const char *base_url_problem(const char *url)
+{
+    CURLU *u = curl_url();
+    char *scheme = NULL, *host = NULL, *query = NULL, *frag = NULL;
+    const char *why = NULL;
+    if (u == NULL)
+        return "not enough memory";
+    if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
+        why = "not a valid http(s) URL";
+    else if (strcmp(scheme, "https") != 0 && strcmp(scheme, "http") != 0)
+        why = "only http and https URLs are accepted";
+    else if (curl_url_get(u, CURLUPART_QUERY, &query, 0) == CURLUE_OK ||
+             curl_url_get(u, CURLUPART_FRAGMENT, &frag, 0) == CURLUE_OK)
+        why = "must not have a query or fragment";
+    else if (strcmp(scheme, "http") == 0 && !is_loopback(host))
+        why = "plain http is refused for a host that is not loopback (use https)";
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(query);
+    curl_free(frag);
+    curl_url_cleanup(u);
+    return why;
+}
+
+/* ---------------------------------------------------------------------------
+ * The client
+ * ------------------------------------------------------------------------ */
+
+static sx_client *check_client(lua_State *L, int idx)
+{
+    sx_client *c = luaL_checkudata(L, idx, CLIENT_MT);
+    if (!c->open && c->missing == NULL)
+        luaL_error(L, "sendx: client is closed");
+    if (c->missing != NULL)
+        luaL_error(L, "%s", c->missing);
+    return c;
+}
+
+static void client_release(sx_client *c)
+{
+    if (c->open)
+        sx_conn_close(&c->conn);
+    c->open = 0;
+    c->missing = NULL;
+    sx_buf_free(&c->base);
+    sx_buf_free(&c->team);
+    sx_buf_free(&c->url);
+    sx_buf_free(&c->body);
+}
+
+static void set_key_tail(sx_client *c, const char *key)
+{
+    size_t len = strlen(key);
+    if (len >= 12)
+        snprintf(c->key_tail, sizeof c->key_tail, "...%s", key + len - 4);
+    else
+        snprintf(c->key_tail, sizeof c->key_tail, "****");
+}
+
+static void copy_cstr(lua_State *L, sx_buf *b, const char *s, size_t len)
+{
+    sx_buf_reset(b);
+    if (sx_buf_add(b, s, len) != 0 || sx_buf_cstr(b) != 0)
+        MEMERR(L);
+}
+
+/* Opens the libcurl side of c from checked options. */
+static void client_open(lua_State *L, sx_client *c, const options *o)
+{
+    sx_conn_opts co;
+    char ua[160];
+    size_t blen;
+    const char *base = o->base_url ? o->base_url : (o->api == SX_API_REST ? REST_BASE : LEGACY_BASE);
+    for (blen = strlen(base); blen > 0 && base[blen - 1] == '/'; blen--)
+        ;
+    copy_cstr(L, &c->base, base, blen);
+    copy_cstr(L, &c->team, o->team_id ? o->team_id : "", o->team_id ? strlen(o->team_id) : 0);
+    snprintf(ua, sizeof ua, "sendx/%s (%s; libcurl/%s)", SENDX_VERSION, LUA_VERSION,
+             curl_version_info(CURLVERSION_NOW)->version);
+    sx_buf_reset(&c->url); /* the auth header is built in the url scratch */
+    if (sx_buf_adds(&c->url, o->api == SX_API_REST ? "X-Team-ApiKey: " : "api_key: ") != 0 ||
+        sx_buf_adds(&c->url, o->api_key) != 0 || sx_buf_cstr(&c->url) != 0)
+        MEMERR(L);
+    co.auth_header = c->url.data;
+    co.user_agent = o->user_agent ? o->user_agent : ua;
+    co.ca_file = o->ca_file;
+    co.proxy = o->proxy;
+    co.timeout_ms = o->timeout_ms;
+    co.connect_timeout_ms = o->connect_timeout_ms;
+    co.max_retry_wait_ms = o->max_retry_wait_ms;
+    co.retries = o->retries;
+    if (sx_conn_open(&c->conn, &co) != 0)
+        luaL_error(L, "sendx: libcurl could not be initialised");
+    memset(c->url.data, 0, c->url.len); /* leave no copy of the key behind */
+    c->open = 1;
+    c->api = o->api;
+    set_key_tail(c, o->api_key);
+}
+
+static void check_paths(lua_State *L, int arg, const options *o)
+{
+    const char *why;
+    FILE *f;
+    if (o->base_url != NULL && (why = base_url_problem(o->base_url)) != NULL)
+        sx_argerror(L, arg, "base_url: %s", why);
+    if (o->ca_file != NULL) {
+        if ((f = fopen(o->ca_file, "rb")) == NULL)
+            sx_argerror(L, arg, "ca_file: cannot open '%s'", o->ca_file);
+        fclose(f);
+    }
+}
+
+/* Pushes a new client built from the options table at idx. With `lazy`
+ * (the module's default client) missing credentials are reported when the
+ * client is used, not now. */
+static sx_client *client_new(lua_State *L, int idx, int arg, int lazy)
+{
+    options o;
+    const char *missing = NULL;
+    sx_client *c;
+    read_options(L, idx, arg, lazy, &o);
+    check_paths(L, arg, &o);
+    if (o.api_key == NULL)
+        missing = "api_key";
+    else if (o.team_id == NULL && o.api == SX_API_LEGACY)
+        missing = "team_id";
+    if (missing != NULL && !lazy)
+        sx_argerror(L, arg, "%s: required%s", missing,
+                    o.api == SX_API_LEGACY ? "" : " for api 'rest'");
+    c = lua_newuserdata(L, sizeof *c);
+    memset(c, 0, sizeof *c);
+    luaL_setmetatable(L, CLIENT_MT);
+    if (missing == NULL)
+        client_open(L, c, &o);
+    else
+        c->missing = missing[0] == 'a'
+            ? "sendx: no API key: call sendx.configure{ api_key = ..., team_id = ... } "
+              "or set SENDX_API_KEY and SENDX_TEAM_ID"
+            : "sendx: no team id: call sendx.configure{ team_id = ... } or set SENDX_TEAM_ID";
+    return c;
+}
+
+/* ---------------------------------------------------------------------------
+ * Requests
+ * ------------------------------------------------------------------------ */
+
+static void add_escaped(lua_State *L, sx_buf *b, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t i;
+    if (sx_buf_reserve(b, len * 3) != 0)
+        MEMERR(L);
+    for (i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if ((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+            ch == '-' || ch == '.' || ch == '_' || ch == '~') {
+            b->data[b->len++] = (char)ch;
+        } else {
+            b->data[b->len++] = '%';
+            b->data[b->len++] = hex[ch >> 4];
+            b->data[b->len++] = hex[ch & 15];
+        }
+    }
+}
+
+/* {base}/contact/{what}, with team_id (and email) in the query for legacy. */
+static const char *build_url(lua_State *L, sx_client *c, const char *what, const char *email,
+                             size_t email_len)
+{
+    sx_buf *u = &c->url;
+    sx_buf_reset(u);
+    if (sx_buf_add(u, c->base.data, c->base.len) != 0 || sx_buf_adds(u, "/contact/") != 0 ||
+        sx_buf_adds(u, what) != 0)
+        MEMERR(L);
+    if (c->api == SX_API_LEGACY) {
+        if (sx_buf_adds(u, "?team_id=") != 0)
+            MEMERR(L);
+        add_escaped(L, u, c->team.data, c->team.len);
+        if (email != NULL) {
+            if (sx_buf_adds(u, "&email=") != 0)
+                MEMERR(L);
+            add_escaped(L, u, email, email_len);
+        }
+    }
+    if (sx_buf_cstr(u) != 0)
+        MEMERR(L);
+    return u->data;
+}
+
+static const char *const kind_names[] = { "ok", "network", "timeout", "tls", "http", "api", "decode" };
+
+/* Decodes the response body with lua-cjson; pushes the value, or nothing
+ * and returns 0 when the body is not JSON (the error message is left in
+ * *err, pushed under nothing). */
+static int decode_body(lua_State *L, const sx_buf *body)
+{
+    lua_pushvalue(L, UV_DECODE);
+    lua_pushlstring(L, body->data ? body->data : "", body->len);
+    if (lua_pcall(L, 1, 1, 0) != 0)
+        return 0; /* the error message is on the stack */
+    return 1;
+}
+
+/* The server's own words from a decoded body at the top, or NULL. */
+static const char *server_message(lua_State *L)
+{
+    static const char *const keys[] = { "message", "error" };
+    int i;
+    if (!lua_istable(L, -1))
+        return NULL;
+    for (i = 0; i < 2; i++) {
+        lua_getfield(L, -1, keys[i]);
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            const char *s = lua_tostring(L, -1);
+            lua_pop(L, 1); /* still referenced by the table */
+            return s;
+        }
+        lua_pop(L, 1);
+    }
+    return NULL;
+}
+
+static int status_is_200(lua_State *L)
+{
+    int ok;
+    lua_getfield(L, -1, "status");
+    ok = (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "200") == 0) ||
+         (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) == 200);
+    lua_pop(L, 1);
+    return ok;
+}
+
+static void set_field_str(lua_State *L, const char *k, const char *v, size_t len)
+{
+    lua_pushlstring(L, v, len);
+    lua_setfield(L, -2, k);
+}
+
+/* Pushes nil, message, info. Expects the decoded response (or nil) on top,
+ * and leaves it as info.response. */
+static int push_failure(lua_State *L, sx_client *c, const sx_result *r, sx_kind kind,
+                        const char *detail)
+{
+    int response = lua_gettop(L);
+    lua_pushnil(L);
+    if (kind == SX_HTTP && r->code == CURLE_OK)
+        lua_pushfstring(L, "sendx: HTTP %d%s%s", (int)r->status, detail ? ": " : "",
+                        detail ? detail : "");
+    else
+        lua_pushfstring(L, "sendx: %s error: %s", kind_names[kind], detail ? detail : "unknown");
+    if (r->attempts > 1)
+        lua_pushfstring(L, " (after %d attempts)", r->attempts), lua_concat(L, 2);
+    lua_createtable(L, 0, 7);
+    lua_pushstring(L, kind_names[kind]);
+    lua_setfield(L, -2, "kind");
+    if (r->status > 0) {
+        lua_pushinteger(L, (lua_Integer)r->status);
+        lua_setfield(L, -2, "status");
+    }
+    if (c->conn.response.len > 0)
+        set_field_str(L, "body", c->conn.response.data, c->conn.response.len);
+    lua_pushvalue(L, response);
+    lua_setfield(L, -2, "response");
+    lua_pushboolean(L, r->retryable);
+    lua_setfield(L, -2, "retryable");
+    lua_pushinteger(L, r->attempts);
+    lua_setfield(L, -2, "attempts");
+    return 3;
+}
+
+/* Turns what the transport saw into the call's results. */
+static int push_outcome(lua_State *L, sx_client *c, const sx_result *r)
+{
+    const sx_buf *body = &c->conn.response;
+    if (r->kind != SX_OK && r->kind != SX_HTTP)
+        return lua_pushnil(L), push_failure(L, c, r, r->kind, r->message);
+    if (r->code != CURLE_OK) /* the body outgrew its cap */
+        return lua_pushnil(L), push_failure(L, c, r, SX_HTTP, r->message);
+    if (!decode_body(L, body) || !lua_istable(L, -1)) {
+        const char *why = lua_isstring(L, -1) ? lua_tostring(L, -1) : "not a JSON object";
+        if (r->kind == SX_HTTP)
+            return lua_pushnil(L), push_failure(L, c, r, SX_HTTP, NULL);
+        lua_pushfstring(L, "response is not a JSON object (%s)", why);
+        lua_pushnil(L);
+        return push_failure(L, c, r, SX_DECODE, lua_tostring(L, -2));
+    }
+    if (r->kind == SX_HTTP)
+        return push_failure(L, c, r, SX_HTTP, server_message(L));
+    if (!status_is_200(L))
+        return push_failure(L, c, r, SX_API, server_message(L));
+    return 1;
+}
+
+static int send_request(lua_State *L, sx_client *c, const char *url, int idempotent)
+{
+    sx_result r;
+    sx_conn_post(&c->conn, url, c->body.data, c->body.len, idempotent, &r);
+    return push_outcome(L, c, &r);
+}
+
+static int do_identify(lua_State *L, sx_client *c, int arg)
+{
+    int incr = sx_encode_identify(L, arg, arg, c->api, &c->body);
+    return send_request(L, c, build_url(L, c, "identify", NULL, 0), !incr);
+}
+
+static int do_track(lua_State *L, sx_client *c, int arg)
+{
+    size_t elen;
+    const char *email = sx_check_email(L, arg, &elen);
+    sx_encode_track(L, arg + 1, arg + 1, c->api == SX_API_REST ? email : NULL, elen, &c->body);
+    return send_request(L, c, build_url(L, c, "track", email, elen), 1);
+}
+
+/* ---------------------------------------------------------------------------
+ * Lua-visible functions
+ * ------------------------------------------------------------------------ */
+
+static sx_buf *scratch(lua_State *L)
+{
+    return lua_touserdata(L, UV_SCRATCH);
+}
+
+/* client:identify(contact) -> res | nil, message, info */
+static int l_client_identify(lua_State *L)
+{
+    return do_identify(L, check_client(L, 1), 2);
+}
+
+/* client:track(email, changes) -> res | nil, message, info */
+static int l_client_track(lua_State *L)
+{
+    return do_track(L, check_client(L, 1), 2);
+}
+
+/* client:encode_identify(contact) -> the JSON body this client would send */
+static int l_client_encode_identify(lua_State *L)
+{
+    sx_client *c = check_client(L, 1);
+    sx_buf *b = scratch(L);
+    sx_encode_identify(L, 2, 2, c->api, b);
+    lua_pushlstring(L, b->data, b->len);
+    return 1;
+}
+
+/* client:encode_track(email, changes) -> the JSON body this client would send */
+static int l_client_encode_track(lua_State *L)
+{
+    sx_client *c = check_client(L, 1);
+    sx_buf *b = scratch(L);
+    size_t elen;
+    const char *email = sx_check_email(L, 2, &elen);
+    sx_encode_track(L, 3, 3, c->api == SX_API_REST ? email : NULL, elen, b);
+    lua_pushlstring(L, b->data, b->len);
+    return 1;
+}
+
+/* client:close() -- idempotent; also __gc and __close */
+static int l_client_close(lua_State *L)
+{
+    client_release(luaL_checkudata(L, 1, CLIENT_MT));
+    return 0;
+}
+
+/* tostring(client) */
+static int l_client_tostring(lua_State *L)
+{
+    sx_client *c = luaL_checkudata(L, 1, CLIENT_MT);
+    if (!c->open)
+        lua_pushstring(L, c->missing ? "sendx.client (no credentials)" : "sendx.client (closed)");
+    else
+        lua_pushfstring(L, "sendx.client (%s, team '%s', key '%s')",
+                        c->api == SX_API_REST ? "rest" : "legacy",
+                        c->team.len ? c->team.data : "-", c->key_tail);
+    return 1;
+}
+
+/* sendx.new(options) -> client */
+static int l_new(lua_State *L)
+{
+    lua_settop(L, 1);
+    client_new(L, 1, 1, 0);
+    return 1;
+}
+
+/* sendx.configure(options) -- the defaults of the module-level calls */
+static int l_configure(lua_State *L)
+{
+    sx_client *old;
+    lua_settop(L, 1);
+    client_new(L, 1, 1, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, DEFAULT_KEY);
+    if ((old = luaL_testudata(L, -1, CLIENT_MT)) != NULL)
+        client_release(old);
+    lua_pop(L, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, DEFAULT_KEY);
+    return 0;
+}
+
+/* The default client, configured from the environment on first use. */
+static sx_client *default_client(lua_State *L)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, DEFAULT_KEY);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushcfunction(L, l_configure);
+        lua_call(L, 0, 0);
+        lua_getfield(L, LUA_REGISTRYINDEX, DEFAULT_KEY);
+    }
+    return check_client(L, -1);
+}
+
+/* sendx.identify(contact) -> res | nil, message, info */
+static int l_identify(lua_State *L)
+{
+    sx_client *c;
+    lua_settop(L, 1);
+    c = default_client(L);
+    return do_identify(L, c, 1);
+}
+
+/* sendx.track(email, changes) -> res | nil, message, info */
+static int l_track(lua_State *L)
+{
+    sx_client *c;
+    lua_settop(L, 2);
+    c = default_client(L);
+    return do_track(L, c, 1);
+}
+
+/* sendx.encode_identify(contact) -> the legacy JSON body; no network */
+static int l_encode_identify(lua_State *L)
+{
+    sx_buf *b = scratch(L);
+    sx_encode_identify(L, 1, 1, SX_API_LEGACY, b);
+    lua_pushlstring(L, b->data, b->len);
+    return 1;
+}
+
+/* sendx.encode_track(changes) -> the legacy JSON body; no network */
+static int l_encode_track(lua_State *L)
+{
+    sx_buf *b = scratch(L);
+    sx_encode_track(L, 1, 1, NULL, 0, b);
+    lua_pushlstring(L, b->data, b->len);
+    return 1;
+}
+
+static int l_buffer_gc(lua_State *L)
+{
+    sx_buf_free(luaL_checkudata(L, 1, BUFFER_MT));
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Loading
+ * ------------------------------------------------------------------------ */
+
+static const luaL_Reg client_methods[] = {
+    { "identify", l_client_identify },
+    { "track", l_client_track },
+    { "encode_identify", l_client_encode_identify },
+    { "encode_track", l_client_encode_track },
+    { "close", l_client_close },
+    { NULL, NULL },
+};
+
+static const luaL_Reg module_functions[] = {
+    { "new", l_new },
+    { "configure", l_configure },
+    { "identify", l_identify },
+    { "track", l_track },
+    { "encode_identify", l_encode_identify },
+    { "encode_track", l_encode_track },
+    { NULL, NULL },
+};
+
+/* Pushes the two shared upvalues: the scratch buffer and cjson's decode. */
+static void push_upvalues(lua_State *L)
+{
+    sx_buf *b = lua_newuserdata(L, sizeof *b);
+    memset(b, 0, sizeof *b);
+    if (luaL_newmetatable(L, BUFFER_MT)) {
+        lua_pushcfunction(L, l_buffer_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "cjson");
+    if (lua_pcall(L, 1, 1, 0) != 0)
+        luaL_error(L, "sendx needs lua-cjson to decode responses: %s", lua_tostring(L, -1));
+    lua_getfield(L, -1, "new"); /* a private instance: the user's cjson settings stay theirs */
+    lua_call(L, 0, 1);
+    lua_getfield(L, -1, "decode");
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+}
+
+static void create_metatable(lua_State *L)
+{
+    luaL_newmetatable(L, CLIENT_MT);
+    lua_newtable(L);
+    lua_pushvalue(L, -4); /* the shared upvalues, below the metatable */
+    lua_pushvalue(L, -4);
+    luaL_setfuncs(L, client_methods, 2);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_client_close);
+    lua_setfield(L, -2, "__gc");
+#ifdef SENDX_HAVE_CLOSE
+    lua_pushcfunction(L, l_client_close);
+    lua_setfield(L, -2, "__close");
+#endif
+    lua_pushcfunction(L, l_client_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushliteral(L, CLIENT_MT);
+    lua_setfield(L, -2, "__name");
+    lua_pop(L, 1);
+}
+
+int luaopen_sendx(lua_State *L);
+int luaopen_sendx(lua_State *L)
+{
+    if (sx_transport_global_init() != 0)
+        return luaL_error(L, "sendx: curl_global_init failed");
+    push_upvalues(L);
+    create_metatable(L);
+    lua_newtable(L);
+    lua_insert(L, -3);
+    luaL_setfuncs(L, module_functions, 2);
+    lua_pushliteral(L, SENDX_VERSION);
+    lua_setfield(L, -2, "version");
+    return 1;
+}

@@ -1,0 +1,279 @@
+/*
+ * transport.c - one keep-alive libcurl easy handle per client, the retry
+ * policy, and the classification of failures.
+ *
+ * Callbacks only append to C buffers: nothing here calls Lua, so no Lua error
+ * can ever unwind through libcurl's frames.
+ */
+#include "transport.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+/* ---------------------------------------------------------------------------
+ * Process-wide initialisation
+ * ------------------------------------------------------------------------ */
+
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static CURLcode global_rc = CURLE_FAILED_INIT; /* written once, under global_once */
+
+static void global_init(void)
+{
+    global_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+int sx_transport_global_init(void)
+{
+    pthread_once(&global_once, global_init);
+    return global_rc == CURLE_OK ? 0 : -1;
+}
+
+/* ---------------------------------------------------------------------------
+ * libcurl callbacks
+ * ------------------------------------------------------------------------ */
+
+static size_t on_body(char *data, size_t size, size_t n, void *ud)
+{
+    sx_conn *c = ud;
+    size_t len = size * n;
+    if (c->response.len + len > SX_MAX_RESPONSE) {
+        c->too_large = 1;
+        return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
+    }
+    return sx_buf_add(&c->response, data, len) == 0 ? len : 0;
+}
+
+/* Retry-After: delta-seconds or an HTTP date; -1 when unusable. */
+static long parse_retry_after(const char *v, size_t len)
+{
+    char tmp[64];
+    char *end;
+    long secs;
+    time_t when;
+    while (len > 0 && (v[len - 1] == '\r' || v[len - 1] == '\n' || v[len - 1] == ' '))
+        len--;
+    while (len > 0 && (*v == ' ' || *v == '\t'))
+        v++, len--;
+    if (len == 0 || len >= sizeof tmp)
+        return -1;
+    memcpy(tmp, v, len);
+    tmp[len] = '\0';
+    secs = strtol(tmp, &end, 10);
+    if (end != tmp && *end == '\0')
+        return secs < 0 ? -1 : (secs > 86400 ? 86400000L : secs * 1000);
+    when = curl_getdate(tmp, NULL);
+    if (when == (time_t)-1)
+        return -1;
+    secs = (long)(when - time(NULL));
+    return secs < 0 ? 0 : (secs > 86400 ? 86400000L : secs * 1000);
+}
+
+static size_t on_header(char *data, size_t size, size_t n, void *ud)
+{
+    static const char name[] = "retry-after:";
+    sx_conn *c = ud;
+    size_t len = size * n;
+    if (len >= 5 && memcmp(data, "HTTP/", 5) == 0)
+        c->retry_after_ms = -1; /* a new response (after 100, or a proxy's) */
+    else if (len > sizeof name - 1 && strncasecmp(data, name, sizeof name - 1) == 0)
+        c->retry_after_ms = parse_retry_after(data + sizeof name - 1, len - (sizeof name - 1));
+    return len;
+}
+
+/* ---------------------------------------------------------------------------
+ * The handle
+ * ------------------------------------------------------------------------ */
+
+static int add_header(sx_conn *c, const char *h)
+{
+    struct curl_slist *l = curl_slist_append(c->headers, h);
+    if (l == NULL)
+        return -1;
+    c->headers = l;
+    return 0;
+}
+
+#define SETOPT(opt, val) ok = ok && curl_easy_setopt(c->curl, opt, val) == CURLE_OK
+
+static int set_options(sx_conn *c, const sx_conn_opts *o)
+{
+    int ok = 1;
+    SETOPT(CURLOPT_NOSIGNAL, 1L);
+    SETOPT(CURLOPT_POST, 1L);
+    SETOPT(CURLOPT_HTTPHEADER, c->headers);
+    SETOPT(CURLOPT_USERAGENT, o->user_agent);
+    SETOPT(CURLOPT_TIMEOUT_MS, o->timeout_ms);
+    SETOPT(CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms);
+    SETOPT(CURLOPT_SSL_VERIFYPEER, 1L);
+    SETOPT(CURLOPT_SSL_VERIFYHOST, 2L);
+    SETOPT(CURLOPT_FOLLOWLOCATION, 0L);
+    SETOPT(CURLOPT_ERRORBUFFER, c->errbuf);
+    SETOPT(CURLOPT_WRITEFUNCTION, on_body);
+    SETOPT(CURLOPT_WRITEDATA, c);
+    SETOPT(CURLOPT_HEADERFUNCTION, on_header);
+    SETOPT(CURLOPT_HEADERDATA, c);
+#if LIBCURL_VERSION_NUM >= 0x075500
+    SETOPT(CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+    SETOPT(CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+    if (o->ca_file != NULL)
+        SETOPT(CURLOPT_CAINFO, o->ca_file);
+    if (o->proxy != NULL)
+        SETOPT(CURLOPT_PROXY, o->proxy);
+    return ok ? 0 : -1;
+}
+
+int sx_conn_open(sx_conn *c, const sx_conn_opts *o)
+{
+    memset(c, 0, sizeof *c);
+    c->retries = o->retries;
+    c->max_retry_wait_ms = o->max_retry_wait_ms;
+    c->rng = (unsigned)time(NULL) ^ (unsigned)(size_t)c;
+    if (sx_transport_global_init() != 0 || (c->curl = curl_easy_init()) == NULL)
+        return -1;
+    if (add_header(c, "Content-Type: application/json") != 0 ||
+        add_header(c, "Accept: application/json") != 0 ||
+        add_header(c, "Expect:") != 0 || add_header(c, o->auth_header) != 0 ||
+        set_options(c, o) != 0) {
+        sx_conn_close(c);
+        return -1;
+    }
+    return 0;
+}
+
+void sx_conn_close(sx_conn *c)
+{
+    if (c->curl != NULL)
+        curl_easy_cleanup(c->curl);
+    curl_slist_free_all(c->headers);
+    sx_buf_free(&c->response);
+    c->curl = NULL;
+    c->headers = NULL;
+}
+
+/* ---------------------------------------------------------------------------
+ * The retry policy
+ * ------------------------------------------------------------------------ */
+
+static unsigned next_random(unsigned *s)
+{
+    unsigned x = *s ? *s : 0x9e3779b9u;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    return *s = x;
+}
+
+long sx_backoff_ms(int attempt, long retry_after_ms, long max_wait_ms, unsigned *rng)
+{
+    long base = 200L << (attempt > 5 ? 5 : attempt - 1), wait;
+    if (base > 5000)
+        base = 5000;
+    wait = base / 2 + (long)(next_random(rng) % (unsigned)(base / 2 + 1)); /* jitter */
+    if (retry_after_ms > max_wait_ms)
+        retry_after_ms = max_wait_ms;
+    return wait > retry_after_ms ? wait : retry_after_ms;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts;
+    ts.tv_sec = ms / 1000;
+    ts.tv_nsec = (ms % 1000) * 1000000L;
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+static int is_tls_error(CURLcode rc)
+{
+    switch (rc) {
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_USE_SSL_FAILED:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* Classifies the attempt that just ended. Returns 1 when the request surely
+ * never reached the server (safe to repeat even when not idempotent). */
+static int classify(sx_conn *c, CURLcode rc, sx_result *r)
+{
+    long sent = 0;
+    r->code = rc;
+    r->status = 0;
+    r->message = NULL;
+    if (rc == CURLE_OK) {
+        curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &r->status);
+        r->kind = (r->status >= 200 && r->status < 300) ? SX_OK : SX_HTTP;
+        return 0;
+    }
+    r->message = c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc);
+    if (rc == CURLE_WRITE_ERROR && c->too_large) {
+        curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &r->status);
+        r->kind = SX_HTTP;
+        r->message = "response body larger than 1 MiB";
+        return 0;
+    }
+    r->kind = rc == CURLE_OPERATION_TIMEDOUT ? SX_TIMEOUT
+              : is_tls_error(rc)             ? SX_TLS
+                                             : SX_NETWORK;
+    if (rc == CURLE_COULDNT_RESOLVE_HOST || rc == CURLE_COULDNT_RESOLVE_PROXY ||
+        rc == CURLE_COULDNT_CONNECT)
+        return 1;
+    curl_easy_getinfo(c->curl, CURLINFO_REQUEST_SIZE, &sent);
+    return sent == 0;
+}
+
+static int retryable(const sx_result *r, int not_sent, int idempotent)
+{
+    int transient = r->kind == SX_NETWORK || r->kind == SX_TIMEOUT ||
+                    (r->kind == SX_HTTP && r->code == CURLE_OK &&
+                     (r->status == 408 || r->status == 429 || r->status >= 500));
+    if (!transient)
+        return 0;
+    return idempotent || not_sent || r->status == 429;
+}
+
+void sx_conn_post(sx_conn *c, const char *url, const char *body, size_t len,
+                  int idempotent, sx_result *r)
+{
+    int attempt = 0;
+    if (c->response.cap > 64 * 1024)
+        sx_buf_free(&c->response); /* a large answer is not kept around */
+    curl_easy_setopt(c->curl, CURLOPT_URL, url);
+    curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+    for (;;) {
+        CURLcode rc;
+        int not_sent;
+        attempt++;
+        sx_buf_reset(&c->response);
+        c->too_large = 0;
+        c->retry_after_ms = -1;
+        c->errbuf[0] = '\0';
+        rc = curl_easy_perform(c->curl);
+        not_sent = classify(c, rc, r);
+        r->attempts = attempt;
+        r->retryable = r->kind != SX_OK && retryable(r, not_sent, idempotent);
+        if (!r->retryable || attempt > c->retries)
+            return;
+        sleep_ms(sx_backoff_ms(attempt, c->retry_after_ms, c->max_retry_wait_ms, &c->rng));
+    }
+}

@@ -1,0 +1,76 @@
+/*
+ * transport.h - sending one request with libcurl, with the retry policy.
+ *
+ * Knows nothing of Lua: it fills an sx_result that the module glue turns
+ * into Lua values after libcurl has returned.
+ */
+#ifndef SENDX_TRANSPORT_H
+#define SENDX_TRANSPORT_H
+
+#include <curl/curl.h>
+#include "buffer.h"
+
+#define SX_MAX_RESPONSE (1024 * 1024) /* bytes of response body kept */
+#define SX_MAX_RETRY_WAIT_MS 30000    /* Retry-After is clamped to this */
+
+typedef enum sx_kind {
+    SX_OK = 0,
+    SX_NETWORK,
+    SX_TIMEOUT,
+    SX_TLS,
+    SX_HTTP,
+    SX_API,
+    SX_DECODE
+} sx_kind;
+
+/* What the caller chooses; strings are copied by sx_conn_open. */
+typedef struct sx_conn_opts {
+    const char *auth_header; /* "api_key: KEY" or "X-Team-ApiKey: KEY" */
+    const char *user_agent;
+    const char *ca_file;     /* NULL: the system's trust store */
+    const char *proxy;       /* NULL: the environment's proxy settings */
+    long timeout_ms, connect_timeout_ms, max_retry_wait_ms;
+    int retries;
+} sx_conn_opts;
+
+typedef struct sx_conn {
+    CURL *curl;
+    struct curl_slist *headers;
+    long max_retry_wait_ms;
+    int retries;
+    unsigned rng;           /* jitter state, per connection: no globals */
+    sx_buf response;        /* body of the last response */
+    long retry_after_ms;    /* from the last response, -1 when absent */
+    int too_large;          /* the last body passed SX_MAX_RESPONSE */
+    char errbuf[CURL_ERROR_SIZE];
+} sx_conn;
+
+typedef struct sx_result {
+    sx_kind kind;   /* SX_OK, or the transport-level failure (network, timeout,
+                     * tls, http for statuses outside 2xx) */
+    CURLcode code;  /* libcurl's verdict on the last attempt */
+    long status;    /* HTTP status of the last response, 0 when none came */
+    int attempts;
+    int retryable;  /* another try could succeed and is safe to make */
+    const char *message; /* libcurl's words when kind is not SX_OK/SX_HTTP */
+} sx_result;
+
+/* Initialises libcurl once per process; 0 on success. Thread-safe. */
+int sx_transport_global_init(void);
+
+/* 0 on success, -1 when libcurl or memory failed (c is then closed). */
+int sx_conn_open(sx_conn *c, const sx_conn_opts *o);
+void sx_conn_close(sx_conn *c);
+
+/* POSTs body to url, retrying per the policy. `idempotent` is 0 for requests
+ * that must not run twice (increments): those are retried only when the
+ * request surely never reached the server. The body must stay alive until
+ * the call returns. */
+void sx_conn_post(sx_conn *c, const char *url, const char *body, size_t len,
+                  int idempotent, sx_result *r);
+
+/* The wait before attempt `attempt + 1` (attempt >= 1): exponential backoff
+ * with jitter, never below retry_after_ms (clamped to max_wait_ms). */
+long sx_backoff_ms(int attempt, long retry_after_ms, long max_wait_ms, unsigned *rng);
+
+#endif
