@@ -184,11 +184,12 @@ static const char *base_url_problem(const char *url)
     if (u == NULL)
         return "not enough memory";
     if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
-        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
-        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK)
         why = "not a valid http(s) URL";
     else if (strcmp(scheme, "https") != 0 && strcmp(scheme, "http") != 0)
         why = "only http and https URLs are accepted";
+    else if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
+        why = "not a valid http(s) URL";
     else if (curl_url_get(u, CURLUPART_QUERY, &query, 0) == CURLUE_OK ||
              curl_url_get(u, CURLUPART_FRAGMENT, &frag, 0) == CURLUE_OK)
         why = "must not have a query or fragment";

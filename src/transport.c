@@ -258,6 +258,10 @@ void sx_conn_post(sx_conn *c, const char *url, const char *body, size_t len,
     if (c->response.cap > 64 * 1024)
         sx_buf_free(&c->response); /* a large answer is not kept around */
     curl_easy_setopt(c->curl, CURLOPT_URL, url);
+    /* libcurl silently resends a request whose reused connection died before
+     * an answer came; the server may have acted on it already. A request
+     * that must not run twice gets a connection of its own. */
+    curl_easy_setopt(c->curl, CURLOPT_FRESH_CONNECT, idempotent ? 0L : 1L);
     curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(c->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
     for (;;) {

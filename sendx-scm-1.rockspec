@@ -1,0 +1,40 @@
+-- Build and install offline with:  luarocks make --deps-mode=none sendx-scm-1.rockspec
+-- (--deps-mode=none because lua-cjson then comes from the system, e.g. Debian's lua-cjson.)
+rockspec_format = "3.0"
+package = "sendx"
+version = "scm-1"
+source = {
+  -- No public repository yet: `luarocks make` builds from this checkout.
+  url = "git+file://./",
+}
+description = {
+  summary = "SendX contact API client for Lua: identify and track, in C over libcurl",
+  detailed = [[
+    sendx.identify(contact) and sendx.track(email, changes) validate Lua tables against
+    SendX's schema, encode them to JSON in C, send them with libcurl (keep-alive, retries
+    with backoff, TLS verification) and return the decoded response as Lua tables.
+  ]],
+  license = "MIT",
+}
+dependencies = {
+  "lua >= 5.1",
+  "lua-cjson",
+}
+external_dependencies = {
+  -- Only the library is looked up: Debian keeps curl/curl.h in a multiarch
+  -- include directory that the compiler searches but LuaRocks does not.
+  CURL = { library = "curl" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    sendx = {
+      -- the same sources as the Makefile's SOURCES
+      sources = { "src/sendx.c", "src/encode.c", "src/transport.c", "src/buffer.c", "src/compat.c" },
+      defines = { "_POSIX_C_SOURCE=200809L", "_DEFAULT_SOURCE" },
+      incdirs = { "$(CURL_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)" },
+      libraries = { "curl", "pthread" },
+    },
+  },
+}

@@ -1,0 +1,493 @@
+-- identify and track end to end against the mock SendX server.
+local sendx = require "sendx"
+local cjson = require "cjson"
+local mock = require "spec.support.mock"
+local helpers = require "spec.helpers"
+
+local raised, now = helpers.raised, helpers.now
+
+local function closed_port()
+  local socket = require "socket"
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return port
+end
+
+-- Every string in a failure's message and info, for secrecy checks.
+local function strings_of(msg, info)
+  local out = { msg }
+  for _, v in pairs(info) do
+    if type(v) == "string" then out[#out + 1] = v end
+  end
+  return table.concat(out, "\n")
+end
+
+describe("transport", function()
+  local m, client
+
+  lazy_setup(function()
+    m = mock.start()
+  end)
+
+  lazy_teardown(function()
+    if client then client:close() end
+    m:stop()
+  end)
+
+  before_each(function()
+    m:reset()
+    if client then client:close() end
+    client = helpers.client(sendx, m, { retries = 2 })
+  end)
+
+  describe("identify", function()
+    it("creates a contact and returns the decoded response", function()
+      local res, err, info = client:identify(helpers.seed_contact())
+      assert.is_nil(err)
+      assert.is_nil(info)
+      assert.equal("200", res.status)
+      assert.equal("OK", res.message)
+      assert.equal("john.doe@gmail.com", res.data.email)
+      assert.equal("John", res.data.firstName)
+      assert.equal("27", res.data.customFields.Age)
+      assert.same({ "Developer", "Tech" }, res.data.tags)
+      assert.equal("John", m:contact("john.doe@gmail.com").firstName)
+    end)
+
+    it("sends exactly the wire format", function()
+      local contact = helpers.seed_contact()
+      assert.truthy(client:identify(contact))
+      local req = m:requests()[1]
+      assert.equal("POST", req.method)
+      assert.equal("/api/v1/contact/identify", req.path)
+      assert.equal(m.team_id, req.args.team_id)
+      assert.equal(m.api_key, req.headers["api_key"])
+      assert.equal("application/json", req.headers["content-type"])
+      assert.equal("application/json", req.headers["accept"])
+      assert.equal(sendx.encode_identify(contact), req.body)
+      local ua = req.headers["user-agent"]
+      assert.matches("sendx/" .. sendx.version, ua, 1, true)
+      assert.matches("Lua", ua, 1, true)
+      assert.matches("libcurl/", ua, 1, true)
+    end)
+
+    it("updates without deleting: later calls add tags and fields", function()
+      assert.truthy(client:identify { email = "u@x.io", firstName = "A", tags = { "one" },
+                                      customFields = { a = "1" } })
+      local res = assert(client:identify { email = "u@x.io", lastName = "B", tags = { "two" },
+                                           customFields = { b = 2 } })
+      assert.equal("A", res.data.firstName)
+      assert.equal("B", res.data.lastName)
+      assert.same({ "one", "two" }, res.data.tags)
+      assert.same({ a = "1", b = "2" }, res.data.customFields)
+    end)
+
+    it("renames with newEmail", function()
+      assert.truthy(client:identify { email = "old@x.io", firstName = "A" })
+      assert.truthy(client:identify { email = "old@x.io", new_email = "new@x.io" })
+      assert.equal("A", m:contact("new@x.io").firstName)
+    end)
+
+    it("honours a user_agent option", function()
+      local c = helpers.client(sendx, m, { user_agent = "game-server/2.0" })
+      assert.truthy(c:identify { email = "ua@x.io" })
+      assert.equal("game-server/2.0", m:requests()[1].headers["user-agent"])
+      c:close()
+    end)
+  end)
+
+  describe("track", function()
+    it("adds and removes tags", function()
+      assert.truthy(client:identify { email = "t@x.io", tags = { "trial user", "keep" } })
+      local res, err = client:track("t@x.io", { addTags = { "paid user" }, removeTags = { "trial user" } })
+      assert.is_nil(err)
+      assert.equal("200", res.status)
+      assert.equal("success", res.data)
+      assert.same({ "keep", "paid user" }, m:contact("t@x.io").tags)
+      local req = m:requests()[2]
+      assert.equal("/api/v1/contact/track", req.path)
+      assert.equal('{"addTags":["paid user"],"removeTags":["trial user"]}', req.body)
+    end)
+
+    it("percent-encodes the email so that a+b@x.com arrives intact", function()
+      assert.truthy(client:identify { email = "a+b@x.com" })
+      assert.truthy(client:track("a+b@x.com", { addTags = { "x" } }))
+      local req = m:requests()[2]
+      assert.matches("email=a%2Bb%40x.com", req.uri, 1, true)
+      assert.equal("a+b@x.com", req.args.email)
+      assert.same({ "x" }, m:contact("a+b@x.com").tags)
+    end)
+
+    it("reports an unknown contact as an http failure", function()
+      local res, err, info = client:track("nobody@x.io", { addTags = { "x" } })
+      assert.is_nil(res)
+      assert.matches("HTTP 404: contact not found", err, 1, true)
+      assert.equal("http", info.kind)
+      assert.equal(404, info.status)
+      assert.equal(false, info.retryable)
+    end)
+  end)
+
+  describe("REST v1", function()
+    it("uses X-Team-ApiKey, no team id, and the email in track's body", function()
+      local c = sendx.new { api = "rest", api_key = m.api_key, base_url = m.rest_url }
+      local res = assert(c:identify { email = "r@x.io", firstName = "R" })
+      assert.same({ status = "200", message = "OK" }, res)
+      assert.truthy(c:track("r@x.io", { addTags = { "t" } }))
+      local reqs = m:requests()
+      assert.equal("/api/v1/rest/contact/identify", reqs[1].path)
+      assert.equal(m.api_key, reqs[1].headers["x-team-apikey"])
+      assert.is_nil(reqs[1].headers["api_key"])
+      assert.is_nil(reqs[1].args.team_id)
+      assert.equal('{"email":"r@x.io","addTags":["t"],"removeTags":[]}', reqs[2].body)
+      assert.same({ "t" }, m:contact("r@x.io").tags)
+      c:close()
+    end)
+  end)
+
+  describe("module-level calls", function()
+    after_each(function() sendx.configure {} end)
+
+    it("use the configured defaults", function()
+      sendx.configure { api_key = m.api_key, team_id = m.team_id, base_url = m.url }
+      assert.equal("200", assert(sendx.identify { email = "mod@x.io" }).status)
+      assert.equal("200", assert(sendx.track("mod@x.io", { addTags = { "m" } })).status)
+      assert.same({ "m" }, m:contact("mod@x.io").tags)
+    end)
+
+    it("read SENDX_API_KEY, SENDX_TEAM_ID and SENDX_BASE_URL from the environment", function()
+      local lua = os.getenv("SENDX_TEST_LUA") or "lua5.4"
+      local build = os.getenv("SENDX_TEST_BUILD") or "build/lua5.4"
+      local cmd = string.format(
+        "SENDX_API_KEY='%s' SENDX_TEAM_ID='%s' SENDX_BASE_URL='%s' LUA_CPATH='%s/?.so;;' %s -e " ..
+        "'local r = assert(require(\"sendx\").identify{ email = \"env@x.io\" }) os.exit(r.status == \"200\" and 0 or 1)'",
+        m.api_key, m.team_id, m.url, build, lua)
+      assert.truthy(os.execute(cmd))
+      assert.truthy(m:contact("env@x.io"))
+    end)
+  end)
+
+  describe("failures", function()
+    it("network: connection refused, retried, then nil, message, info", function()
+      local c = helpers.client(sendx, m, { base_url = "http://127.0.0.1:" .. closed_port() .. "/api/v1",
+                                           retries = 2 })
+      local res, err, info = c:identify { email = "n@x.io" }
+      assert.is_nil(res)
+      assert.matches("sendx: network error", err, 1, true)
+      assert.matches("after 3 attempts", err, 1, true)
+      assert.equal("network", info.kind)
+      assert.is_nil(info.status)
+      assert.equal(true, info.retryable)
+      assert.equal(3, info.attempts)
+      c:close()
+    end)
+
+    it("timeout: the per-attempt limit ends a slow answer", function()
+      local c = helpers.client(sendx, m, { timeout = 0.3, retries = 0 })
+      m:fault { delay = 2 }
+      local t0 = now()
+      local res, err, info = c:identify { email = "slow@x.io" }
+      assert.is_nil(res)
+      assert.matches("timeout", err, 1, true)
+      assert.equal("timeout", info.kind)
+      assert.equal(true, info.retryable)
+      assert.equal(1, info.attempts)
+      assert.is_true(now() - t0 < 1.9) -- did not wait for the answer
+      c:close()
+    end)
+
+    it("http: a JSON error body is decoded into info.response", function()
+      m:fault { status = 422, body = '{"status":"error","message":"bad email"}', content_type = "application/json" }
+      local res, err, info = client:identify { email = "h@x.io" }
+      assert.is_nil(res)
+      assert.equal("sendx: HTTP 422: bad email", err)
+      assert.equal("http", info.kind)
+      assert.equal(422, info.status)
+      assert.equal("bad email", info.response.message)
+      assert.equal('{"status":"error","message":"bad email"}', info.body)
+      assert.equal(false, info.retryable)
+      assert.equal(1, info.attempts)
+      assert.equal(1, #m:requests()) -- other 4xx are never retried
+    end)
+
+    it("http: a wrong key is a 401 with the server's words", function()
+      local c = helpers.client(sendx, m, { api_key = "wrong-key-000000000000" })
+      local res, err, info = c:identify { email = "k@x.io" }
+      assert.is_nil(res)
+      assert.matches("HTTP 401: The Team ID or API Key specified is not valid", err, 1, true)
+      assert.equal(401, info.status)
+      assert.equal(401, info.response.status)
+      assert.not_matches("wrong%-key", strings_of(err, info))
+      c:close()
+    end)
+
+    it("http: an HTML page from a proxy keeps the raw body", function()
+      m:fault { status = 502, times = 3, body = "<html><body>Bad Gateway</body></html>", content_type = "text/html" }
+      local res, err, info = client:identify { email = "p@x.io" }
+      assert.is_nil(res)
+      assert.matches("HTTP 502", err, 1, true)
+      assert.equal("http", info.kind)
+      assert.equal(502, info.status)
+      assert.matches("Bad Gateway", info.body, 1, true)
+      assert.is_nil(info.response)
+      assert.equal(3, info.attempts)
+    end)
+
+    it("api: a 2xx answer whose status is not 200", function()
+      m:fault { status = 200, body = '{"status":"error","message":"quota exceeded"}', content_type = "application/json" }
+      local res, err, info = client:identify { email = "a@x.io" }
+      assert.is_nil(res)
+      assert.equal("sendx: api error: quota exceeded", err)
+      assert.equal("api", info.kind)
+      assert.equal(200, info.status)
+      assert.equal("quota exceeded", info.response.message)
+      assert.equal(false, info.retryable)
+    end)
+
+    it("decode: a 2xx answer that is not JSON", function()
+      m:fault { status = 200, body = "<html>maintenance</html>", content_type = "text/html" }
+      local res, err, info = client:identify { email = "d@x.io" }
+      assert.is_nil(res)
+      assert.matches("sendx: decode error: response is not a JSON object", err, 1, true)
+      assert.equal("decode", info.kind)
+      assert.equal(200, info.status)
+      assert.equal("<html>maintenance</html>", info.body)
+      assert.is_nil(info.response)
+    end)
+
+    it("caps the response body at 1 MiB with an error", function()
+      m:fault { size = 2 * 1024 * 1024 }
+      local res, err, info = client:identify { email = "big@x.io" }
+      assert.is_nil(res)
+      assert.matches("larger than 1 MiB", err, 1, true)
+      assert.equal("http", info.kind)
+      assert.equal(false, info.retryable)
+      assert.is_true(#(info.body or "") <= 1024 * 1024)
+    end)
+
+    it("network: a dropped connection", function()
+      m:fault { drop = true, times = 3 }
+      local res, err, info = client:identify { email = "drop@x.io" }
+      assert.is_nil(res)
+      assert.equal("network", info.kind)
+      assert.equal(3, info.attempts)
+      assert.equal(3, #m:requests())
+      assert.matches("network error", err, 1, true)
+    end)
+
+    it("never shows the key in messages or info", function()
+      m:fault { status = 500, times = 3, body = "oops" }
+      local res, err, info = client:identify { email = "s@x.io" }
+      assert.is_nil(res)
+      assert.not_matches(m.api_key, strings_of(err, info), 1, true)
+    end)
+  end)
+
+  describe("retries", function()
+    it("retry 5xx, 408 and 429 until success", function()
+      for _, status in ipairs { 503, 500, 408, 429 } do
+        m:reset()
+        m:fault { status = status, times = 2 }
+        local res, err = client:identify { email = "r@x.io" }
+        assert.is_nil(err, status)
+        assert.equal("200", res.status)
+        assert.equal(3, #m:requests(), status)
+      end
+    end)
+
+    it("stop after `retries`", function()
+      local c = helpers.client(sendx, m, { retries = 1 })
+      m:fault { status = 503, times = 5 }
+      local _, _, info = c:identify { email = "r@x.io" }
+      assert.equal(2, info.attempts)
+      assert.equal(2, #m:requests())
+      c:close()
+    end)
+
+    it("never retry other 4xx", function()
+      for _, status in ipairs { 400, 401, 404, 409, 422 } do
+        m:reset()
+        m:fault { status = status, times = 3 }
+        local _, _, info = client:identify { email = "r@x.io" }
+        assert.equal(1, info.attempts, status)
+        assert.equal(1, #m:requests(), status)
+      end
+    end)
+
+    it("honour Retry-After in seconds as a floor", function()
+      m:fault { status = 503, retry_after = "1" }
+      local t0 = now()
+      assert.truthy(client:identify { email = "ra@x.io" })
+      assert.is_true(now() - t0 >= 0.95)
+      assert.equal(2, #m:requests())
+    end)
+
+    it("honour Retry-After as an HTTP date", function()
+      m:fault { status = 429, retry_after = os.date("!%a, %d %b %Y %H:%M:%S GMT", os.time() + 2) }
+      local t0 = now()
+      assert.truthy(client:identify { email = "rd@x.io" })
+      assert.is_true(now() - t0 >= 0.9)
+    end)
+
+    it("clamp Retry-After to max_retry_wait", function()
+      local c = helpers.client(sendx, m, { max_retry_wait = 0.5, retries = 1 })
+      m:fault { status = 503, retry_after = "3600" }
+      local t0 = now()
+      assert.truthy(c:identify { email = "rc@x.io" })
+      local took = now() - t0
+      assert.is_true(took >= 0.45 and took < 10, took)
+      c:close()
+    end)
+
+    describe("an identify with ++N/--N increments (not idempotent)", function()
+      local incr = { email = "inc@x.io", customFields = { logins = "++1" } }
+
+      it("is not retried once the request may have reached the server", function()
+        m:fault { status = 503, times = 3 }
+        local _, _, info = client:identify(incr)
+        assert.equal(1, info.attempts)
+        assert.equal(false, info.retryable)
+        m:reset()
+        m:fault { drop = true, times = 3 }
+        _, _, info = client:identify(incr)
+        assert.equal(1, info.attempts)
+        assert.equal(1, #m:requests())
+        m:reset()
+        m:fault { delay = 1, times = 3 }
+        local c = helpers.client(sendx, m, { timeout = 0.2 })
+        _, _, info = c:identify(incr)
+        assert.equal("timeout", info.kind)
+        assert.equal(1, info.attempts)
+        c:close()
+      end)
+
+      it("is retried on 429 and refused connections", function()
+        m:fault { status = 429 }
+        local res = assert(client:identify(incr))
+        assert.equal("1", res.data.customFields.logins) -- counted once
+        assert.equal(2, #m:requests())
+        local c = helpers.client(sendx, m, { base_url = "http://127.0.0.1:" .. closed_port() .. "/api/v1" })
+        local _, _, info = c:identify(incr)
+        assert.equal(3, info.attempts)
+        c:close()
+      end)
+
+      it("still applies once per call", function()
+        assert.truthy(client:identify(incr))
+        local res = assert(client:identify { email = "inc@x.io", customFields = { logins = "++2" } })
+        assert.equal("3", res.data.customFields.logins)
+      end)
+    end)
+  end)
+
+  describe("connections", function()
+    it("are kept alive: 50 calls use one connection", function()
+      for i = 1, 50 do
+        assert.truthy(client:identify { email = "ka" .. i .. "@x.io" })
+      end
+      assert.equal(50, #m:requests())
+      assert.equal(1, m:connections())
+    end)
+
+    it("go through the proxy option", function()
+      local port = closed_port() -- nothing listens there: only the proxy can answer
+      local c = helpers.client(sendx, m, {
+        base_url = "http://localhost:" .. port .. "/api/v1",
+        proxy = "http://127.0.0.1:" .. m.port,
+      })
+      assert.truthy(c:identify { email = "proxy@x.io" })
+      assert.equal("localhost:" .. port, m:requests()[1].headers.host)
+      c:close()
+    end)
+
+    it("honour the environment's proxy", function()
+      local lua = os.getenv("SENDX_TEST_LUA") or "lua5.4"
+      local build = os.getenv("SENDX_TEST_BUILD") or "build/lua5.4"
+      local script = string.format([[
+        local c = require("sendx").new{ api_key = %q, team_id = %q, base_url = %q }
+        os.exit(c:identify{ email = "envproxy@x.io" } and 0 or 1)]],
+        m.api_key, m.team_id, "http://localhost:" .. closed_port() .. "/api/v1")
+      local f = os.tmpname()
+      local h = io.open(f, "w")
+      h:write(script)
+      h:close()
+      local ok = os.execute(string.format("http_proxy=http://127.0.0.1:%d LUA_CPATH='%s/?.so;;' %s %s",
+        m.port, build, lua, f))
+      os.remove(f)
+      assert.truthy(ok)
+      assert.truthy(m:contact("envproxy@x.io"))
+    end)
+  end)
+
+  describe("refusals send nothing", function()
+    it("bad input", function()
+      assert.truthy(raised(function() return client:identify { email = "x@x.io", tags = { 1 } } end))
+      assert.truthy(raised(function() return client:identify { mail = "x@x.io" } end))
+      assert.truthy(raised(function() return client:track("x@x.io\r\nX-Evil: 1", {}) end))
+      assert.truthy(raised(function() return client:track("x@x.io", { addTags = "x" }) end))
+      assert.truthy(raised(function() return client:track(nil, {}) end))
+      assert.equal(0, #m:requests())
+    end)
+  end)
+
+  describe("TLS", function()
+    it("is accepted with ca_file", function()
+      local c = helpers.client(sendx, m, { base_url = m.tls_url, ca_file = m.ca_file })
+      local res, err = c:identify { email = "tls@x.io" }
+      assert.is_nil(err)
+      assert.equal("200", res.status)
+      c:close()
+    end)
+
+    it("is refused without the CA", function()
+      local c = helpers.client(sendx, m, { base_url = m.tls_url })
+      local res, err, info = c:identify { email = "tls@x.io" }
+      assert.is_nil(res)
+      assert.equal("tls", info.kind)
+      assert.matches("sendx: tls error", err, 1, true)
+      assert.equal(false, info.retryable)
+      assert.equal(1, info.attempts)
+      c:close()
+    end)
+
+    it("is refused for a wrong host name", function()
+      local url = m.tls_url:gsub("localhost", "127.0.0.1")
+      local c = helpers.client(sendx, m, { base_url = url, ca_file = m.ca_file })
+      local res, _, info = c:identify { email = "tls@x.io" }
+      assert.is_nil(res)
+      assert.equal("tls", info.kind)
+      assert.equal(0, #m:requests())
+      c:close()
+    end)
+  end)
+
+  describe("resources", function()
+    it("do not grow over thousands of calls", function()
+      for i = 1, 200 do client:identify { email = "w" .. i .. "@x.io" } end
+      local heap, fds = helpers.lua_heap_kb(), helpers.fd_count()
+      for i = 1, 3000 do
+        local res = client:identify { email = "g" .. (i % 50) .. "@x.io", tags = { "a", "b" },
+                                      customFields = { n = i } }
+        assert(res, "call " .. i)
+      end
+      for i = 1, 200 do client:track("g1@x.io", { addTags = { "t" .. i } }) end
+      assert.is_true(helpers.lua_heap_kb() - heap < 64, "Lua heap grew")
+      assert.equal(fds, helpers.fd_count())
+    end)
+
+    it("are released by close and by the garbage collector", function()
+      local fds = helpers.fd_count()
+      local heap = helpers.lua_heap_kb()
+      for i = 1, 300 do
+        local c = helpers.client(sendx, m)
+        assert.truthy(c:identify { email = "c" .. i .. "@x.io" })
+        if i % 2 == 0 then c:close() end
+      end
+      collectgarbage("collect")
+      collectgarbage("collect")
+      assert.equal(fds, helpers.fd_count())
+      assert.is_true(helpers.lua_heap_kb() - heap < 64, "Lua heap grew")
+    end)
+  end)
+end)

@@ -1,0 +1,54 @@
+-- The rockspec and `make install` produce a module that loads.
+local lua = os.getenv("SENDX_TEST_LUA") or "lua5.4"
+local version = lua:match("lua(%d%.%d)$") or "5.4"
+
+local function run(cmd)
+  local p = io.popen(cmd .. " 2>&1; echo \"rc=$?\"")
+  local out = p:read("*a")
+  p:close()
+  return tonumber(out:match("rc=(%d+)%s*$")), out
+end
+
+local function tmpdir()
+  local p = io.popen("mktemp -d")
+  local d = p:read("*l")
+  p:close()
+  return d
+end
+
+local function loads_from(dir)
+  return run(string.format("LUA_CPATH='%s/?.so;;' %s -e 'assert(package.searchpath(\"sendx\", package.cpath):find(\"%s\", 1, true)) print(require(\"sendx\").version)'",
+    dir, lua, dir))
+end
+
+describe("packaging", function()
+  it("builds and installs with luarocks make --deps-mode=none", function()
+    local tree = tmpdir()
+    local rc, out = run(string.format("luarocks --lua-version=%s make --tree=%s --deps-mode=none sendx-scm-1.rockspec",
+      version, tree))
+    assert.equal(0, rc, out)
+    rc, out = loads_from(tree .. "/lib/lua/" .. version)
+    assert.equal(0, rc, out)
+    assert.matches("^%d+%.%d+%.%d+", out)
+    os.execute("rm -rf " .. tree)
+  end)
+
+  it("installs with make install, honouring PREFIX and DESTDIR", function()
+    local dest = tmpdir()
+    local rc, out = run(string.format("make -s install LUA_VERSION=%s PREFIX=/opt/x DESTDIR=%s", version, dest))
+    assert.equal(0, rc, out)
+    rc, out = loads_from(dest .. "/opt/x/lib/lua/" .. version)
+    assert.equal(0, rc, out)
+    os.execute("rm -rf " .. dest)
+  end)
+
+  it("lists the same sources in the rockspec and the Makefile", function()
+    local function read(f) local h = assert(io.open(f)) local s = h:read("*a") h:close() return s end
+    local from_make, from_rock = {}, {}
+    for f in read("Makefile"):match("\nSOURCES = ([^\n]*)"):gmatch("%S+") do from_make[#from_make + 1] = f end
+    for f in read("sendx-scm-1.rockspec"):match("sources = (%b{})"):gmatch('"([^"]+)"') do from_rock[#from_rock + 1] = f end
+    table.sort(from_make)
+    table.sort(from_rock)
+    assert.same(from_make, from_rock)
+  end)
+end)
