@@ -45,7 +45,8 @@ test: deps
 	@$(MAKE) --no-print-directory -B $(MODULE) WERROR=-Werror
 	@.ci/busted $(LUA) $(BUILD) $(BUSTED_ARGS)
 
-demo: deps $(MODULE)
+demo: deps
+	@$(MAKE) --no-print-directory $(MODULE)
 	@LUA_CPATH="$(BUILD)/?.so;;" $(LUA) spec/support/with_mock.lua \
 	  $(LUA) examples/quickstart.lua
 
