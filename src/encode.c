@@ -161,7 +161,9 @@ static const char *describe_key(lua_State *L, int idx)
     switch (lua_type(L, idx)) {
     case LUA_TSTRING: return lua_pushfstring(L, "'%s'", lua_tostring(L, idx));
     case LUA_TNUMBER: return lua_pushfstring(L, "%f", (double)lua_tonumber(L, idx));
-    default: return lua_pushstring(L, luaL_typename(L, idx));
+    default:
+        lua_pushstring(L, luaL_typename(L, idx)); /* returns void on 5.1 */
+        return lua_tostring(L, -1);
     }
 }
 
