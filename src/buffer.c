@@ -27,16 +27,6 @@ int sx_buf_reserve(sx_buf *b, size_t extra)
     return 0;
 }
 
-int sx_buf_add(sx_buf *b, const char *s, size_t n)
-{
-    if (sx_buf_reserve(b, n) != 0)
-        return -1;
-    if (n > 0)
-        memcpy(b->data + b->len, s, n);
-    b->len += n;
-    return 0;
-}
-
 int sx_buf_addf(sx_buf *b, const char *fmt, ...)
 {
     va_list ap;

@@ -13,7 +13,6 @@ typedef struct sx_buf {
 
 /* All return 0 on success and -1 when memory could not be had. */
 int sx_buf_reserve(sx_buf *b, size_t extra);
-int sx_buf_add(sx_buf *b, const char *s, size_t n);
 int sx_buf_addf(sx_buf *b, const char *fmt, ...)
 #ifdef __GNUC__
     __attribute__((format(printf, 2, 3)))
@@ -30,6 +29,17 @@ static inline int sx_buf_addc(sx_buf *b, char c)
     if (b->len == b->cap && sx_buf_reserve(b, 1) != 0)
         return -1;
     b->data[b->len++] = c;
+    return 0;
+}
+
+/* Inline: the encoder appends many short pieces. */
+static inline int sx_buf_add(sx_buf *b, const char *s, size_t n)
+{
+    if (b->cap - b->len < n && sx_buf_reserve(b, n) != 0)
+        return -1;
+    if (n > 0)
+        memcpy(b->data + b->len, s, n);
+    b->len += n;
     return 0;
 }
 

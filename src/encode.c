@@ -110,16 +110,17 @@ int sx_utf8_valid(const char *s, size_t len)
     return 1;
 }
 
-/* Writes s as a JSON string; raises naming `path` on invalid UTF-8. Only the
- * quote, the backslash and control characters are escaped ('/' is not). */
-static void add_json_string(lua_State *L, sx_buf *b, const char *s, size_t len,
-                            int arg, const char *path)
+/* Writes s as a JSON string. Only the quote, the backslash and control
+ * characters are escaped ('/' is not). Returns 0, or the 1-based position of
+ * the first byte that is not valid UTF-8 (nothing is then written), or -1
+ * when memory failed. */
+static long json_string(sx_buf *b, const char *s, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *p = (const unsigned char *)s, *end = p + len;
     char *out;
     if (len > ((size_t)-1 - 2) / 6 || sx_buf_reserve(b, len * 6 + 2) != 0)
-        MEMERR(L);
+        return -1;
     out = b->data + b->len;
     *out++ = '"';
     while (p < end) {
@@ -129,8 +130,7 @@ static void add_json_string(lua_State *L, sx_buf *b, const char *s, size_t len,
         } else if (c >= 0x80) {
             size_t k = utf8_seq(p, (size_t)(end - p));
             if (k == 0)
-                sx_argerror(L, arg, "%s: invalid UTF-8 at byte %d", path,
-                            (int)(p - (const unsigned char *)s) + 1);
+                return (long)(p - (const unsigned char *)s) + 1;
             memcpy(out, p, k);
             out += k;
             p += k;
@@ -153,6 +153,19 @@ static void add_json_string(lua_State *L, sx_buf *b, const char *s, size_t len,
     }
     *out++ = '"';
     b->len = (size_t)(out - b->data);
+    return 0;
+}
+
+/* json_string, raising "<prefix><name>: invalid UTF-8" on bad input. The
+ * name is only formatted when an error is raised. */
+static void add_json_string(lua_State *L, sx_buf *b, const char *s, size_t len, int arg,
+                            const char *prefix, const char *name)
+{
+    long bad = json_string(b, s, len);
+    if (bad < 0)
+        MEMERR(L);
+    if (bad > 0)
+        sx_argerror(L, arg, "%s%s: invalid UTF-8 at byte %d", prefix, name, (int)bad);
 }
 
 /* Pushes a short description of the table key at idx, for messages. */
@@ -230,9 +243,7 @@ static int add_custom_value(lua_State *L, sx_buf *b, int arg, const char *key)
     switch (lua_type(L, -1)) {
     case LUA_TSTRING:
         s = lua_tolstring(L, -1, &len);
-        lua_pushfstring(L, "customFields.%s", key);
-        add_json_string(L, b, s, len, arg, lua_tostring(L, -1));
-        lua_pop(L, 1);
+        add_json_string(L, b, s, len, arg, "customFields.", key);
         return is_increment(s, len);
     case LUA_TBOOLEAN:
         add_raw(L, b, lua_toboolean(L, -1) ? "\"true\"" : "\"false\"");
@@ -243,7 +254,7 @@ static int add_custom_value(lua_State *L, sx_buf *b, int arg, const char *key)
             sx_argerror(L, arg, "customFields.%s: NaN and infinities cannot be sent", key);
         lua_pushvalue(L, -1); /* tostring converts in place on 5.1 */
         s = lua_tolstring(L, -1, &len);
-        add_json_string(L, b, s, len, arg, key);
+        add_json_string(L, b, s, len, arg, "customFields.", key);
         lua_pop(L, 1);
         return 0;
     }
@@ -273,7 +284,7 @@ static int add_custom_fields(lua_State *L, sx_buf *b, int arg, const char *name)
         if (!first)
             add_raw(L, b, ",");
         first = 0;
-        add_json_string(L, b, k, klen, arg, name);
+        add_json_string(L, b, k, klen, arg, "", name);
         add_raw(L, b, ":");
         incr |= add_custom_value(L, b, arg, k);
         lua_pop(L, 1);
@@ -319,7 +330,7 @@ static void add_string_array(lua_State *L, sx_buf *b, int arg, const char *name)
             sx_argerror(L, arg, "%s[%d]: empty tag", name, (int)i);
         if (i > 1)
             add_raw(L, b, ",");
-        add_json_string(L, b, s, len, arg, name);
+        add_json_string(L, b, s, len, arg, "", name);
         lua_pop(L, 1);
     }
     add_raw(L, b, "]");
@@ -335,18 +346,19 @@ typedef struct field {
     const char *name;  /* the wire name */
     const char *alias; /* the snake_case spelling, or NULL */
     ftype type;
+    const char *key;   /* ',"name":' as written after another field */
 } field;
 
 static const field identify_fields[] = {
-    { "email", NULL, T_EMAIL },
-    { "firstName", "first_name", T_STRING },
-    { "lastName", "last_name", T_STRING },
-    { "company", NULL, T_STRING },
-    { "newEmail", "new_email", T_EMAIL },
-    { "birthday", NULL, T_DATE },
-    { "customFields", "custom_fields", T_OBJECT },
-    { "tags", NULL, T_ARRAY },
-    { NULL, NULL, T_STRING },
+    { "email", NULL, T_EMAIL, ",\"email\":" },
+    { "firstName", "first_name", T_STRING, ",\"firstName\":" },
+    { "lastName", "last_name", T_STRING, ",\"lastName\":" },
+    { "company", NULL, T_STRING, ",\"company\":" },
+    { "newEmail", "new_email", T_EMAIL, ",\"newEmail\":" },
+    { "birthday", NULL, T_DATE, ",\"birthday\":" },
+    { "customFields", "custom_fields", T_OBJECT, ",\"customFields\":" },
+    { "tags", NULL, T_ARRAY, ",\"tags\":" },
+    { NULL, NULL, T_STRING, NULL },
 };
 
 static const char *const identify_names[] = {
@@ -355,9 +367,9 @@ static const char *const identify_names[] = {
 };
 
 static const field track_fields[] = {
-    { "addTags", "add_tags", T_ARRAY },
-    { "removeTags", "remove_tags", T_ARRAY },
-    { NULL, NULL, T_STRING },
+    { "addTags", "add_tags", T_ARRAY, ",\"addTags\":" },
+    { "removeTags", "remove_tags", T_ARRAY, ",\"removeTags\":" },
+    { NULL, NULL, T_STRING, NULL },
 };
 
 static const char *const track_names[] = {
@@ -366,45 +378,53 @@ static const char *const track_names[] = {
 
 #define MAX_FIELDS 8
 
-/* First pass: every key must name a field, in one spelling only. Fills
- * spelling[i] with the key to read for field i (NULL when absent). */
-static void scan_keys(lua_State *L, int idx, int arg, const field *fields,
-                      const char *const *names, const char **spelling)
+static int same(const char *k, size_t klen, const char *name)
 {
-    int i;
-    for (i = 0; fields[i].name != NULL; i++)
-        spelling[i] = NULL;
+    return k[0] == name[0] && strlen(name) == klen && memcmp(k, name, klen) == 0;
+}
+
+/* The one pass over the user's table: every key must name a field, in one
+ * spelling only. The value of field i is left in stack slot base + i
+ * (nil when absent), so encoding needs no further lookups. */
+static int collect_fields(lua_State *L, int idx, int arg, const field *fields,
+                          const char *const *names)
+{
+    int i, n, base = lua_gettop(L) + 1;
+    const char *seen[MAX_FIELDS];
+    for (n = 0; fields[n].name != NULL; n++) {
+        seen[n] = NULL;
+        lua_pushnil(L);
+    }
     lua_pushnil(L);
     while (lua_next(L, idx) != 0) {
         const char *k, *hit = NULL;
-        lua_pop(L, 1);
-        if (lua_type(L, -1) != LUA_TSTRING)
-            sx_argerror(L, arg, "unexpected key %s (fields are named)", describe_key(L, -1));
-        k = lua_tostring(L, -1);
-        for (i = 0; fields[i].name != NULL && hit == NULL; i++) {
-            if (strcmp(k, fields[i].name) == 0)
+        size_t klen;
+        if (lua_type(L, -2) != LUA_TSTRING)
+            sx_argerror(L, arg, "unexpected key %s (fields are named)", describe_key(L, -2));
+        k = lua_tolstring(L, -2, &klen);
+        for (i = 0; i < n && hit == NULL; i++) {
+            if (same(k, klen, fields[i].name))
                 hit = fields[i].name;
-            else if (fields[i].alias != NULL && strcmp(k, fields[i].alias) == 0)
+            else if (fields[i].alias != NULL && same(k, klen, fields[i].alias))
                 hit = fields[i].alias;
         }
         if (hit == NULL)
             sx_unknown_field(L, arg, "", k, names);
         i--;
-        if (spelling[i] != NULL)
+        if (seen[i] != NULL)
             sx_argerror(L, arg, "%s: given twice (as '%s' and '%s')", fields[i].name,
                         fields[i].name, fields[i].alias);
-        spelling[i] = hit;
+        seen[i] = hit;
+        lua_replace(L, base + i); /* pops the value */
     }
+    return base;
 }
 
-static void add_key(lua_State *L, sx_buf *b, const char *name, int *first)
+/* Writes '"name":', preceded by a comma unless it is the first member. */
+static void add_key(lua_State *L, sx_buf *b, const char *key, int *first)
 {
-    if (!*first)
-        add_raw(L, b, ",");
+    add_raw(L, b, key + *first);
     *first = 0;
-    add_raw(L, b, "\"");
-    add_raw(L, b, name);
-    add_raw(L, b, "\":");
 }
 
 /* Encodes one field value at the top of the stack. Returns 1 for increments. */
@@ -426,24 +446,8 @@ static int add_field(lua_State *L, sx_buf *b, int arg, const field *f)
         sx_argerror(L, arg, "%s: must not be empty", f->name);
     if (f->type == T_DATE)
         check_birthday(L, arg, s, len);
-    add_json_string(L, b, s, len, arg, f->name);
+    add_json_string(L, b, s, len, arg, "", f->name);
     return 0;
-}
-
-static int encode_fields(lua_State *L, int idx, int arg, const field *fields,
-                         const char *const *spelling, sx_buf *b, int first)
-{
-    int i, incr = 0;
-    for (i = 0; fields[i].name != NULL; i++) {
-        if (spelling[i] == NULL)
-            continue;
-        lua_pushstring(L, spelling[i]);
-        lua_rawget(L, idx);
-        add_key(L, b, fields[i].name, &first);
-        incr |= add_field(L, b, arg, &fields[i]);
-        lua_pop(L, 1);
-    }
-    return incr;
 }
 
 static int absindex(lua_State *L, int idx)
@@ -453,52 +457,58 @@ static int absindex(lua_State *L, int idx)
 
 int sx_encode_identify(lua_State *L, int idx, int arg, sx_api api, sx_buf *b)
 {
-    const char *spelling[MAX_FIELDS];
-    int incr;
+    int i, base, incr = 0, first = 1;
     idx = absindex(L, idx);
     if (!lua_istable(L, idx))
         sx_argerror(L, arg, "contact: expected table, got %s", luaL_typename(L, idx));
-    luaL_checkstack(L, 8, NULL);
-    scan_keys(L, idx, arg, identify_fields, identify_names, spelling);
-    if (spelling[0] == NULL)
+    luaL_checkstack(L, MAX_FIELDS + 8, NULL);
+    base = collect_fields(L, idx, arg, identify_fields, identify_names);
+    if (lua_isnil(L, base))
         sx_argerror(L, arg, "email: required");
-    if (api == SX_API_REST && spelling[5] != NULL)
+    if (api == SX_API_REST && !lua_isnil(L, base + 5))
         sx_argerror(L, arg, "birthday: not accepted by api 'rest' (legacy only)");
     sx_buf_reset(b);
     add_raw(L, b, "{");
-    incr = encode_fields(L, idx, arg, identify_fields, spelling, b, 1);
+    for (i = 0; identify_fields[i].name != NULL; i++) {
+        if (lua_isnil(L, base + i))
+            continue;
+        lua_pushvalue(L, base + i);
+        add_key(L, b, identify_fields[i].key, &first);
+        incr |= add_field(L, b, arg, &identify_fields[i]);
+        lua_pop(L, 1);
+    }
     add_raw(L, b, "}");
+    lua_settop(L, base - 1);
     return incr;
 }
 
 void sx_encode_track(lua_State *L, int idx, int arg, const char *email,
                      size_t email_len, sx_buf *b)
 {
-    const char *spelling[MAX_FIELDS];
-    int i, first = 1;
+    int i, base, first = 1;
     idx = absindex(L, idx);
     if (!lua_istable(L, idx))
         sx_argerror(L, arg, "changes: expected table, got %s", luaL_typename(L, idx));
-    luaL_checkstack(L, 8, NULL);
-    scan_keys(L, idx, arg, track_fields, track_names, spelling);
+    luaL_checkstack(L, MAX_FIELDS + 8, NULL);
+    base = collect_fields(L, idx, arg, track_fields, track_names);
     sx_buf_reset(b);
     add_raw(L, b, "{");
     if (email != NULL) {
-        add_key(L, b, "email", &first);
-        add_json_string(L, b, email, email_len, arg, "email");
+        add_key(L, b, ",\"email\":", &first);
+        add_json_string(L, b, email, email_len, arg, "", "email");
     }
     for (i = 0; track_fields[i].name != NULL; i++) {
-        add_key(L, b, track_fields[i].name, &first);
-        if (spelling[i] == NULL) {
+        add_key(L, b, track_fields[i].key, &first);
+        if (lua_isnil(L, base + i)) {
             add_raw(L, b, "[]");
             continue;
         }
-        lua_pushstring(L, spelling[i]);
-        lua_rawget(L, idx);
+        lua_pushvalue(L, base + i);
         add_string_array(L, b, arg, track_fields[i].name);
         lua_pop(L, 1);
     }
     add_raw(L, b, "}");
+    lua_settop(L, base - 1);
 }
 
 const char *sx_check_email(lua_State *L, int arg, size_t *len)
