@@ -370,9 +370,8 @@ static const char *build_url(lua_State *L, sx_client *c, const char *what, const
 
 static const char *const kind_names[] = { "ok", "network", "timeout", "tls", "http", "api", "decode" };
 
-/* Decodes the response body with lua-cjson; pushes the value, or nothing
- * and returns 0 when the body is not JSON (the error message is left in
- * *err, pushed under nothing). */
+/* Decodes the response body with lua-cjson and pushes the value; returns 0
+ * when the body is not JSON, with cjson's message pushed instead. */
 static int decode_body(lua_State *L, const sx_buf *body)
 {
     lua_pushvalue(L, UV_DECODE);
