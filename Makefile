@@ -34,7 +34,7 @@ all: $(MODULE)
 
 $(MODULE): $(SOURCES) $(HEADERS) Makefile
 	@mkdir -p $(BUILD)
-	$(CC) -std=c99 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -fPIC -shared \
+	$(CC) -std=c99 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -fPIC -shared -fvisibility=hidden \
 	  $(CFLAGS) $(WARNINGS) $(WERROR) -I$(LUA_INCDIR) $(CURL_CFLAGS) \
 	  -o $@ $(SOURCES) $(CURL_LIBS) -lpthread
 

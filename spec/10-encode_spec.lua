@@ -48,7 +48,7 @@ describe("encode_identify", function()
   end)
 
   it("refuses non-string keys and non-table contacts", function()
-    assert.matches("unexpected key 1", raised(encode, { "x", email = "e@x.io" }), 1, true)
+    assert.matches("unexpected key 1 (fields are named)", raised(encode, { "x", email = "e@x.io" }), 1, true)
     assert.matches("contact: expected table, got string", raised(encode, "e@x.io"), 1, true)
     assert.matches("bad argument #1", raised(encode, nil), 1, true)
   end)
@@ -167,6 +167,38 @@ describe("encode_identify", function()
       assert.same({ s = "x", i = "27", neg = "-3", f = "1.5", big = tostring(1e100), t = "true",
                     fl = "false", z = tostring(2.0) }, got)
       for _, v in pairs(got) do assert.is_string(v) end
+    end)
+
+    it("send large integers in full on every Lua version", function()
+      local got = enc { email = "e@x.io", customFields = { a = 123456789012345, b = 2 ^ 53, c = -2 ^ 53 } }
+      assert.equal("123456789012345", got.customFields.a)
+      if math.type then -- 2^53 is a float here, shown as tostring shows floats
+        assert.same({ tostring(2 ^ 53), tostring(-2 ^ 53) }, { got.customFields.b, got.customFields.c })
+      else -- no integer subtype: integral values up to 2^53 are integers, written in full
+        assert.same({ "9007199254740992", "-9007199254740992" }, { got.customFields.b, got.customFields.c })
+      end
+    end)
+
+    it("are not corrupted by finalizers that encode while an encode runs", function()
+      -- An aggressive collector runs finalizers at any allocation; encoding
+      -- allocates nothing from Lua, so none can run (and reuse the buffer) midway.
+      local pause = collectgarbage("setpause", 0)
+      local stepmul = collectgarbage("setstepmul", 1000)
+      local fields = {}
+      for i = 1, 2000 do fields["k" .. i] = i + 0.5 end
+      local garbled = 0
+      for _ = 1, 100 do
+        for _ = 1, 200 do
+          setmetatable({}, { __gc = function() sendx.encode_identify { email = "FINALIZER@x.io" } end })
+        end
+        local ok, got = pcall(cjson.decode, encode { email = "e@x.io", customFields = fields })
+        if not (ok and got.email == "e@x.io" and got.customFields.k2000 == "2000.5") then
+          garbled = garbled + 1
+        end
+      end
+      collectgarbage("setpause", pause)
+      collectgarbage("setstepmul", stepmul)
+      assert.equal(0, garbled)
     end)
 
     it("refuse NaN, infinities, tables, functions and non-string names", function()

@@ -29,6 +29,7 @@ describe("options", function()
     assert.matches("connect_timeout: expected a number of seconds", raised(new, { connect_timeout = 0 }), 1, true)
     assert.matches("retries: expected an integer from 0 to 10", raised(new, { retries = 11 }), 1, true)
     assert.matches("retries: expected an integer from 0 to 10", raised(new, { retries = 1.5 }), 1, true)
+    new({ retries = 2.0 }):close() -- an integral float is an integer on every Lua
     assert.matches("api: expected 'legacy' or 'rest', got 'v2'", raised(new, { api = "v2" }), 1, true)
     assert.matches("user_agent: expected string", raised(new, { user_agent = 5 }), 1, true)
     assert.matches("max_retry_wait: expected a number of seconds from 0 to 30",
@@ -78,6 +79,8 @@ describe("options", function()
       assert.matches("only http and https", raised(new, { base_url = "file:///etc/passwd" }), 1, true)
       assert.matches("not a valid http(s) URL", raised(new, { base_url = "app.sendx.io" }), 1, true)
       assert.matches("must not have a query", raised(new, { base_url = "https://x.io/?a=1" }), 1, true)
+      assert.matches("must not have a query or fragment", raised(new, { base_url = "https://x.io/api#" }), 1, true)
+      assert.matches("must not have a query or fragment", raised(new, { base_url = "https://x.io/api?" }), 1, true)
     end)
   end)
 

@@ -146,6 +146,34 @@ describe("transport", function()
     end)
   end)
 
+  describe("module-level calls from the environment", function()
+    local function script(body)
+      return "local sendx = require 'sendx'\n" .. body
+    end
+
+    it("refuse CR or LF in SENDX_API_KEY and SENDX_TEAM_ID, naming the variable, sending nothing", function()
+      for _, var in ipairs { "SENDX_API_KEY", "SENDX_TEAM_ID" } do
+        local env = string.format("SENDX_API_KEY=%s SENDX_TEAM_ID=%s SENDX_BASE_URL=%s",
+          m.api_key, m.team_id, m.url)
+        env = env .. " " .. var .. "=\"$(printf 'abc-secret\\r\\nX-Injected: 1')\""
+        assert.is_true(helpers.run_script(script [[
+          local ok, err = pcall(sendx.identify, { email = "inj@x.io" })
+          assert(not ok and err:find("must not contain CR, LF or NUL", 1, true), err)
+          assert(err:find("]] .. var .. [[", 1, true), err)
+          assert(not err:find("abc-secret", 1, true), err)
+        ]], env), var)
+      end
+      assert.equal(0, #m:requests())
+    end)
+
+    it("name SENDX_BASE_URL when it is refused", function()
+      assert.is_true(helpers.run_script(script [[
+        local ok, err = pcall(sendx.track, "a@x.io", {})
+        assert(not ok and err:find("sendx: SENDX_BASE_URL: plain http is refused", 1, true), err)
+      ]], "SENDX_API_KEY=k SENDX_TEAM_ID=t SENDX_BASE_URL=http://example.com/api/v1"))
+    end)
+  end)
+
   describe("module-level calls", function()
     after_each(function() sendx.configure {} end)
 
@@ -401,22 +429,47 @@ describe("transport", function()
       c:close()
     end)
 
-    it("honour the environment's proxy", function()
-      local lua = os.getenv("SENDX_TEST_LUA") or "lua5.4"
-      local build = os.getenv("SENDX_TEST_BUILD") or "build/lua5.4"
-      local script = string.format([[
+    describe("through a CONNECT proxy", function()
+      local pport, plog, pstop
+
+      lazy_setup(function() pport, plog, pstop = helpers.connect_proxy() end)
+      lazy_teardown(function() pstop() end)
+
+      it("honour the environment's https_proxy for https", function()
+        local ok = helpers.run_script(string.format([[
+          local c = require("sendx").new{ api_key = %q, team_id = %q, base_url = %q, ca_file = %q }
+          os.exit(c:identify{ email = "envproxy@x.io" } and 0 or 1)]],
+          m.api_key, m.team_id, m.tls_url, m.ca_file), "https_proxy=http://127.0.0.1:" .. pport)
+        assert.is_true(ok)
+        assert.truthy(m:contact("envproxy@x.io"))
+        assert.matches("CONNECT localhost:" .. m.tls_port, plog(), 1, true)
+      end)
+
+      it("use the proxy option for https", function()
+        local c = helpers.client(sendx, m, { base_url = m.tls_url, ca_file = m.ca_file,
+                                             proxy = "http://127.0.0.1:" .. pport })
+        local before = select(2, plog():gsub("CONNECT", ""))
+        assert.truthy(c:identify { email = "optproxy@x.io" })
+        assert.equal(before + 1, select(2, plog():gsub("CONNECT", "")))
+        c:close()
+      end)
+    end)
+
+    it("ignore the environment's proxies for plain http, which would carry the key in clear", function()
+      local ok = helpers.run_script(string.format([[
         local c = require("sendx").new{ api_key = %q, team_id = %q, base_url = %q }
-        os.exit(c:identify{ email = "envproxy@x.io" } and 0 or 1)]],
-        m.api_key, m.team_id, "http://localhost:" .. closed_port() .. "/api/v1")
-      local f = os.tmpname()
-      local h = io.open(f, "w")
-      h:write(script)
-      h:close()
-      local ok = os.execute(string.format("http_proxy=http://127.0.0.1:%d LUA_CPATH='%s/?.so;;' %s %s",
-        m.port, build, lua, f))
-      os.remove(f)
-      assert.truthy(ok)
-      assert.truthy(m:contact("envproxy@x.io"))
+        os.exit(c:identify{ email = "direct@x.io" } and 0 or 1)]], m.api_key, m.team_id, m.url),
+        "http_proxy=http://127.0.0.1:" .. closed_port() .. " all_proxy=http://127.0.0.1:" .. closed_port())
+      assert.is_true(ok)
+      assert.truthy(m:contact("direct@x.io"))
+    end)
+
+    it("refuse a proxy off loopback for plain http", function()
+      assert.matches("proxy: must be on loopback when base_url is plain http",
+        raised(helpers.client, sendx, m, { proxy = "http://10.1.2.3:3128" }), 1, true)
+      assert.matches("proxy: must be on loopback",
+        raised(helpers.client, sendx, m, { proxy = "proxy.example:3128" }), 1, true)
+      helpers.client(sendx, m, { base_url = m.tls_url, proxy = "http://10.1.2.3:3128" }):close()
     end)
   end)
 
@@ -449,6 +502,19 @@ describe("transport", function()
       assert.equal(false, info.retryable)
       assert.equal(1, info.attempts)
       c:close()
+    end)
+
+    it("counts a connection reset during the handshake as a network failure, and retries it", function()
+      local port, stop = helpers.background_server("reset_server.lua", 60)
+      local c = helpers.client(sendx, m, { base_url = "https://localhost:" .. port .. "/api/v1",
+                                           ca_file = m.ca_file, retries = 2 })
+      local res, err, info = c:identify { email = "rst@x.io" }
+      c:close()
+      stop()
+      assert.is_nil(res)
+      assert.equal("network", info.kind, err)
+      assert.equal(true, info.retryable)
+      assert.equal(3, info.attempts)
     end)
 
     it("is refused for a wrong host name", function()

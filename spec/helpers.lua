@@ -59,4 +59,57 @@ function helpers.lua_heap_kb()
   return collectgarbage("count")
 end
 
+-- Runs a spec/support server script in the background with a port file and
+-- extra arguments; returns its port and a function that stops it.
+function helpers.background_server(script, ...)
+  local lua = os.getenv("SENDX_TEST_LUA") or "lua5.4"
+  local portfile = os.tmpname()
+  local args = table.concat({ ... }, " ")
+  local p = io.popen(string.format("%s spec/support/%s %s %s >/dev/null 2>&1 & echo $!",
+    lua, script, portfile, args))
+  local pid = p:read("*l")
+  p:close()
+  local port
+  for _ = 1, 100 do
+    local f = io.open(portfile)
+    port = f and tonumber(f:read("*l") or "")
+    if f then f:close() end
+    if port then break end
+    require("socket").sleep(0.05)
+  end
+  assert(port, script .. " did not start")
+  return port, function()
+    os.execute("kill " .. pid .. " 2>/dev/null")
+    os.remove(portfile)
+  end
+end
+
+-- The CONNECT proxy: its port, a function reading its log of tunnels, and a
+-- function that stops it.
+function helpers.connect_proxy()
+  local logfile = os.tmpname()
+  local port, stop = helpers.background_server("connect_proxy.lua", logfile, 60)
+  local function log()
+    local f = io.open(logfile)
+    local s = f and f:read("*a") or ""
+    if f then f:close() end
+    return s
+  end
+  return port, log, function() stop() os.remove(logfile) end
+end
+
+-- Runs a Lua script in a fresh interpreter with the module built for this
+-- run, with `env` (a string of NAME=value words) in its environment.
+function helpers.run_script(script, env)
+  local lua = os.getenv("SENDX_TEST_LUA") or "lua5.4"
+  local build = os.getenv("SENDX_TEST_BUILD") or "build/lua5.4"
+  local f = os.tmpname()
+  local h = assert(io.open(f, "w"))
+  h:write(script)
+  h:close()
+  local ok = os.execute(string.format("%s LUA_CPATH='%s/?.so;;' %s %s", env or "", build, lua, f))
+  os.remove(f)
+  return ok == true or ok == 0
+end
+
 return helpers

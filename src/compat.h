@@ -11,10 +11,19 @@
 #include <lua.h>
 #include <lauxlib.h>
 
+/* LUAJIT_VERSION lives in luajit.h, which lua.h does not include; LuaJIT 2.1's
+ * lauxlib.h is recognised by the 5.2 macro it adds. */
+#if LUA_VERSION_NUM == 501 && defined(luaL_newlibtable) && !defined(LUAJIT_VERSION)
+#define LUAJIT_VERSION "LuaJIT"
+#endif
+
 #if LUA_VERSION_NUM < 502
 
 #ifndef LUAJIT_VERSION
-#define luaL_newlib(L, l) (lua_newtable(L), luaL_register(L, NULL, l))
+/* Prefixed, so that the module never exports a symbol of Lua's own. */
+#define luaL_setfuncs sx_luaL_setfuncs
+#define luaL_testudata sx_luaL_testudata
+#define luaL_setmetatable sx_luaL_setmetatable
 void luaL_setfuncs(lua_State *L, const luaL_Reg *l, int nup);
 void *luaL_testudata(lua_State *L, int idx, const char *tname);
 void luaL_setmetatable(lua_State *L, const char *tname);
@@ -26,7 +35,8 @@ void luaL_setmetatable(lua_State *L, const char *tname);
 #endif /* < 5.2 */
 
 #if LUA_VERSION_NUM < 503
-#define SENDX_NO_INTEGERS 1
+/* Numbers are doubles: an integral value within 2^53 counts as an integer. */
+#define lua_isinteger sx_lua_isinteger
 int lua_isinteger(lua_State *L, int idx);
 #endif
 

@@ -12,6 +12,7 @@
 #include <ctype.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 #define MEMERR(L) luaL_error((L), "sendx: not enough memory")
@@ -26,6 +27,8 @@ int sx_argerror(lua_State *L, int arg, const char *fmt, ...)
     va_start(ap, fmt);
     lua_pushvfstring(L, fmt, ap);
     va_end(ap);
+    if (arg == 0) /* not about an argument: e.g. an environment variable */
+        return luaL_error(L, "sendx: %s", lua_tostring(L, -1));
     return luaL_argerror(L, arg, lua_tostring(L, -1));
 }
 
@@ -168,16 +171,48 @@ static void add_json_string(lua_State *L, sx_buf *b, const char *s, size_t len, 
         sx_argerror(L, arg, "%s%s: invalid UTF-8 at byte %d", prefix, name, (int)bad);
 }
 
+/* Formats the number at idx as Lua's tostring shows it, into buf (64 bytes),
+ * without creating a Lua string: encoding allocates nothing from Lua, so no
+ * garbage collection step (and no finalizer) can run in the middle of it.
+ * Integers are written in full on every version (5.1's "%.14g" would round
+ * 123456789012345). */
+static size_t format_number(lua_State *L, int idx, char *buf)
+{
+    int n;
+    if (lua_isinteger(L, idx)) {
+#if LUA_VERSION_NUM >= 503
+        n = snprintf(buf, 64, LUA_INTEGER_FMT, (LUAI_UACINT)lua_tointeger(L, idx));
+#else
+        n = snprintf(buf, 64, "%.0f", (double)lua_tonumber(L, idx));
+#endif
+        return (size_t)n;
+    }
+    n = snprintf(buf, 60, "%.14g", (double)lua_tonumber(L, idx));
+#if LUA_VERSION_NUM >= 503
+    if (buf[strspn(buf, "-0123456789")] == '\0') { /* a float that looks like an int */
+        buf[n++] = '.';
+        buf[n++] = '0';
+        buf[n] = '\0';
+    }
+#endif
+    return (size_t)n;
+}
+
 /* Pushes a short description of the table key at idx, for messages. */
 static const char *describe_key(lua_State *L, int idx)
 {
+    char num[64];
     switch (lua_type(L, idx)) {
     case LUA_TSTRING: return lua_pushfstring(L, "'%s'", lua_tostring(L, idx));
-    case LUA_TNUMBER: return lua_pushfstring(L, "%f", (double)lua_tonumber(L, idx));
+    case LUA_TNUMBER:
+        format_number(L, idx, num);
+        lua_pushstring(L, num);
+        break;
     default:
         lua_pushstring(L, luaL_typename(L, idx)); /* returns void on 5.1 */
-        return lua_tostring(L, -1);
+        break;
     }
+    return lua_tostring(L, -1);
 }
 
 static void add_raw(lua_State *L, sx_buf *b, const char *s)
@@ -249,13 +284,14 @@ static int add_custom_value(lua_State *L, sx_buf *b, int arg, const char *key)
         add_raw(L, b, lua_toboolean(L, -1) ? "\"true\"" : "\"false\"");
         return 0;
     case LUA_TNUMBER: {
+        char num[64];
         lua_Number n = lua_tonumber(L, -1);
         if (isnan(n) || isinf(n))
             sx_argerror(L, arg, "customFields.%s: NaN and infinities cannot be sent", key);
-        lua_pushvalue(L, -1); /* tostring converts in place on 5.1 */
-        s = lua_tolstring(L, -1, &len);
-        add_json_string(L, b, s, len, arg, "customFields.", key);
-        lua_pop(L, 1);
+        format_number(L, -1, num);
+        add_raw(L, b, "\"");
+        add_raw(L, b, num);
+        add_raw(L, b, "\"");
         return 0;
     }
     default:

@@ -30,7 +30,8 @@ const char *sx_check_email(lua_State *L, int arg, size_t *len);
 /* 1 when s[0..len) is valid UTF-8. */
 int sx_utf8_valid(const char *s, size_t len);
 
-/* Raises "bad argument #arg to 'f' (<formatted message>)". */
+/* Raises "bad argument #arg to 'f' (<formatted message>)", or with arg 0
+ * "sendx: <formatted message>". */
 int sx_argerror(lua_State *L, int arg, const char *fmt, ...);
 
 /* Raises the "unknown field" error for `key`, suggesting the nearest of the

@@ -44,9 +44,11 @@ typedef struct sx_client {
 
 typedef struct options {
     const char *api_key, *team_id, *base_url, *user_agent, *ca_file, *proxy;
+    const char *base_url_name; /* "base_url" or "SENDX_BASE_URL", for messages */
     sx_api api;
     long timeout_ms, connect_timeout_ms, max_retry_wait_ms;
     int retries;
+    int plain_http;            /* base_url is http:// (loopback) */
 } options;
 
 static const char *const option_names[] = {
@@ -62,7 +64,18 @@ static int get_option(lua_State *L, int idx, const char *name)
     return !lua_isnil(L, -1);
 }
 
-/* A string that will travel in a header or URL: no CR, LF or NUL. */
+/* A string that will travel in a header or URL: non-empty, no CR, LF or NUL.
+ * The message names the option (or environment variable), never the value. */
+static const char *check_text(lua_State *L, int arg, const char *name, const char *s,
+                              size_t len)
+{
+    if (len == 0)
+        sx_argerror(L, arg, "%s: must not be empty", name);
+    if (strlen(s) != len || strpbrk(s, "\r\n") != NULL)
+        sx_argerror(L, arg, "%s: must not contain CR, LF or NUL", name);
+    return s;
+}
+
 static const char *opt_string(lua_State *L, int idx, int arg, const char *name)
 {
     size_t len;
@@ -74,12 +87,24 @@ static const char *opt_string(lua_State *L, int idx, int arg, const char *name)
     if (lua_type(L, -1) != LUA_TSTRING)
         sx_argerror(L, arg, "%s: expected string, got %s", name, luaL_typename(L, -1));
     s = lua_tolstring(L, -1, &len);
-    if (len == 0)
-        sx_argerror(L, arg, "%s: must not be empty", name);
-    if (strlen(s) != len || strpbrk(s, "\r\n") != NULL)
-        sx_argerror(L, arg, "%s: must not contain CR, LF or NUL", name);
+    check_text(L, arg, name, s, len);
     lua_pop(L, 1); /* still referenced by the options table */
     return s;
+}
+
+/* The option, or else (for the module's defaults) the environment variable
+ * `env`, checked the same way; *source names where it came from. */
+static const char *opt_or_env(lua_State *L, int idx, int arg, const char *name,
+                              const char *env, int use_env, const char **source)
+{
+    const char *v = opt_string(L, idx, arg, name), *e;
+    if (source != NULL)
+        *source = name;
+    if (v != NULL || !use_env || (e = getenv(env)) == NULL || *e == '\0')
+        return v;
+    if (source != NULL)
+        *source = env;
+    return check_text(L, arg, env, e, strlen(e));
 }
 
 /* Seconds as milliseconds, within [min, max]; `def` when absent. */
@@ -93,22 +118,22 @@ static long opt_seconds(lua_State *L, int idx, int arg, const char *name, double
     }
     v = lua_type(L, -1) == LUA_TNUMBER ? (double)lua_tonumber(L, -1) : -1.0;
     if (!(v >= min && v <= max))
-        sx_argerror(L, arg, "%s: expected a number of seconds from %d to %d", name, (int)min,
-                    (int)max);
+        sx_argerror(L, arg, "%s: expected a number of seconds %s %d", name,
+                    min > 0 ? "above 0, at most" : "from 0 to", (int)max);
     lua_pop(L, 1);
     return v > 0 && v < 0.001 ? 1 : (long)(v * 1000.0);
 }
 
 static int opt_retries(lua_State *L, int idx, int arg)
 {
-    int n = 2;
+    double v = 2;
     if (get_option(L, idx, "retries")) {
-        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > 10)
+        v = lua_type(L, -1) == LUA_TNUMBER ? (double)lua_tonumber(L, -1) : -1.0;
+        if (!(v >= 0 && v <= 10) || v != (double)(int)v)
             sx_argerror(L, arg, "retries: expected an integer from 0 to 10");
-        n = (int)lua_tointeger(L, -1);
     }
     lua_pop(L, 1);
-    return n;
+    return (int)v;
 }
 
 static sx_api opt_api(lua_State *L, int idx, int arg)
@@ -121,24 +146,8 @@ static sx_api opt_api(lua_State *L, int idx, int arg)
     return (sx_api)sx_argerror(L, arg, "api: expected 'legacy' or 'rest', got '%s'", s);
 }
 
-static const char *env_or(const char *v, const char *env, int use_env)
+static void check_option_names(lua_State *L, int idx, int arg)
 {
-    const char *e;
-    if (v != NULL || !use_env)
-        return v;
-    e = getenv(env);
-    return (e != NULL && *e != '\0') ? e : NULL;
-}
-
-/* Reads and checks the options table at idx (which may be nil when use_env). */
-static void read_options(lua_State *L, int idx, int arg, int use_env, options *o)
-{
-    if (lua_isnoneornil(L, idx) && use_env) {
-        lua_newtable(L);
-        lua_replace(L, idx);
-    }
-    if (!lua_istable(L, idx))
-        sx_argerror(L, arg, "options: expected table, got %s", luaL_typename(L, idx));
     lua_pushnil(L);
     while (lua_next(L, idx) != 0) {
         const char *const *n;
@@ -150,10 +159,22 @@ static void read_options(lua_State *L, int idx, int arg, int use_env, options *o
         if (*n == NULL)
             sx_unknown_field(L, arg, "", lua_tostring(L, -1), option_names);
     }
+}
+
+/* Reads and checks the options table at idx (which may be nil when use_env). */
+static void read_options(lua_State *L, int idx, int arg, int use_env, options *o)
+{
+    if (lua_isnoneornil(L, idx) && use_env) {
+        lua_newtable(L);
+        lua_replace(L, idx);
+    }
+    if (!lua_istable(L, idx))
+        sx_argerror(L, arg, "options: expected table, got %s", luaL_typename(L, idx));
+    check_option_names(L, idx, arg);
     o->api = opt_api(L, idx, arg);
-    o->api_key = env_or(opt_string(L, idx, arg, "api_key"), "SENDX_API_KEY", use_env);
-    o->team_id = env_or(opt_string(L, idx, arg, "team_id"), "SENDX_TEAM_ID", use_env);
-    o->base_url = env_or(opt_string(L, idx, arg, "base_url"), "SENDX_BASE_URL", use_env);
+    o->api_key = opt_or_env(L, idx, arg, "api_key", "SENDX_API_KEY", use_env, NULL);
+    o->team_id = opt_or_env(L, idx, arg, "team_id", "SENDX_TEAM_ID", use_env, NULL);
+    o->base_url = opt_or_env(L, idx, arg, "base_url", "SENDX_BASE_URL", use_env, &o->base_url_name);
     o->user_agent = opt_string(L, idx, arg, "user_agent");
     o->ca_file = opt_string(L, idx, arg, "ca_file");
     o->proxy = opt_string(L, idx, arg, "proxy");
@@ -161,6 +182,7 @@ static void read_options(lua_State *L, int idx, int arg, int use_env, options *o
     o->connect_timeout_ms = opt_seconds(L, idx, arg, "connect_timeout", 0.001, 3600, 3000);
     o->max_retry_wait_ms = opt_seconds(L, idx, arg, "max_retry_wait", 0, 30, SX_MAX_RETRY_WAIT_MS);
     o->retries = opt_retries(L, idx, arg);
+    o->plain_http = 0;
 }
 
 /* ---------------------------------------------------------------------------
@@ -175,13 +197,17 @@ static int is_loopback(const char *host)
     return inet_pton(AF_INET, host, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127;
 }
 
-/* NULL when url is acceptable, else what is wrong with it. */
-static const char *base_url_problem(const char *url)
+/* NULL when url is acceptable, else what is wrong with it. Sets *plain for
+ * an http:// URL. */
+static const char *base_url_problem(const char *url, int *plain)
 {
-    CURLU *u = curl_url();
-    char *scheme = NULL, *host = NULL, *query = NULL, *frag = NULL;
+    CURLU *u;
+    char *scheme = NULL, *host = NULL;
     const char *why = NULL;
-    if (u == NULL)
+    *plain = 0;
+    if (strpbrk(url, "?#") != NULL) /* even empty: the path is appended to it */
+        return "must not have a query or fragment";
+    if ((u = curl_url()) == NULL)
         return "not enough memory";
     if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
         curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK)
@@ -190,17 +216,47 @@ static const char *base_url_problem(const char *url)
         why = "only http and https URLs are accepted";
     else if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
         why = "not a valid http(s) URL";
-    else if (curl_url_get(u, CURLUPART_QUERY, &query, 0) == CURLUE_OK ||
-             curl_url_get(u, CURLUPART_FRAGMENT, &frag, 0) == CURLUE_OK)
-        why = "must not have a query or fragment";
-    else if (strcmp(scheme, "http") == 0 && !is_loopback(host))
+    else if ((*plain = strcmp(scheme, "http") == 0) && !is_loopback(host))
         why = "plain http is refused for a host that is not loopback (use https)";
     curl_free(scheme);
     curl_free(host);
-    curl_free(query);
-    curl_free(frag);
     curl_url_cleanup(u);
     return why;
+}
+
+/* 1 when the proxy URL names a loopback host, 0 when not, -1 when invalid. */
+static int proxy_on_loopback(const char *proxy)
+{
+    CURLU *u = curl_url();
+    char *host = NULL;
+    int r = -1;
+    if (u == NULL)
+        return -1;
+    if (curl_url_set(u, CURLUPART_URL, proxy,
+                     CURLU_DEFAULT_SCHEME | CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK)
+        r = is_loopback(host);
+    curl_free(host);
+    curl_url_cleanup(u);
+    return r;
+}
+
+/* The checks that need more than a type: URLs, the proxy, the CA file. */
+static void check_options(lua_State *L, int arg, options *o)
+{
+    const char *why;
+    FILE *f;
+    if (o->base_url != NULL && (why = base_url_problem(o->base_url, &o->plain_http)) != NULL)
+        sx_argerror(L, arg, "%s: %s", o->base_url_name, why);
+    /* plain http is allowed so that the key never leaves the machine in clear:
+     * a proxy elsewhere would defeat that */
+    if (o->plain_http && o->proxy != NULL && proxy_on_loopback(o->proxy) != 1)
+        sx_argerror(L, arg, "proxy: must be on loopback when base_url is plain http");
+    if (o->ca_file != NULL) {
+        if ((f = fopen(o->ca_file, "rb")) == NULL)
+            sx_argerror(L, arg, "ca_file: cannot open '%s'", o->ca_file);
+        fclose(f);
+    }
 }
 
 /* ---------------------------------------------------------------------------
@@ -251,6 +307,7 @@ static void client_open(lua_State *L, sx_client *c, const options *o)
     sx_conn_opts co;
     char ua[160];
     size_t blen;
+    int opened;
     const char *base = o->base_url ? o->base_url : (o->api == SX_API_REST ? REST_BASE : LEGACY_BASE);
     for (blen = strlen(base); blen > 0 && base[blen - 1] == '/'; blen--)
         ;
@@ -266,29 +323,18 @@ static void client_open(lua_State *L, sx_client *c, const options *o)
     co.user_agent = o->user_agent ? o->user_agent : ua;
     co.ca_file = o->ca_file;
     co.proxy = o->proxy;
+    co.no_env_proxy = o->plain_http; /* see check_options */
     co.timeout_ms = o->timeout_ms;
     co.connect_timeout_ms = o->connect_timeout_ms;
     co.max_retry_wait_ms = o->max_retry_wait_ms;
     co.retries = o->retries;
-    if (sx_conn_open(&c->conn, &co) != 0)
-        luaL_error(L, "sendx: libcurl could not be initialised");
+    opened = sx_conn_open(&c->conn, &co);
     memset(c->url.data, 0, c->url.len); /* leave no copy of the key behind */
+    if (opened != 0)
+        luaL_error(L, "sendx: libcurl could not be initialised");
     c->open = 1;
     c->api = o->api;
     set_key_tail(c, o->api_key);
-}
-
-static void check_paths(lua_State *L, int arg, const options *o)
-{
-    const char *why;
-    FILE *f;
-    if (o->base_url != NULL && (why = base_url_problem(o->base_url)) != NULL)
-        sx_argerror(L, arg, "base_url: %s", why);
-    if (o->ca_file != NULL) {
-        if ((f = fopen(o->ca_file, "rb")) == NULL)
-            sx_argerror(L, arg, "ca_file: cannot open '%s'", o->ca_file);
-        fclose(f);
-    }
 }
 
 /* Pushes a new client built from the options table at idx. With `lazy`
@@ -300,7 +346,7 @@ static sx_client *client_new(lua_State *L, int idx, int arg, int lazy)
     const char *missing = NULL;
     sx_client *c;
     read_options(L, idx, arg, lazy, &o);
-    check_paths(L, arg, &o);
+    check_options(L, arg, &o);
     if (o.api_key == NULL)
         missing = "api_key";
     else if (o.team_id == NULL && o.api == SX_API_LEGACY)
@@ -370,15 +416,17 @@ static const char *build_url(lua_State *L, sx_client *c, const char *what, const
 
 static const char *const kind_names[] = { "ok", "network", "timeout", "tls", "http", "api", "decode" };
 
-/* Decodes the response body with lua-cjson and pushes the value; returns 0
- * when the body is not JSON, with cjson's message pushed instead. */
-static int decode_body(lua_State *L, const sx_buf *body)
+/* Decodes the body string (or nil) at `body` with lua-cjson and pushes the
+ * value; returns 0 when it is not JSON, with cjson's message pushed instead. */
+static int decode_body(lua_State *L, int body)
 {
     lua_pushvalue(L, UV_DECODE);
-    lua_pushlstring(L, body->data ? body->data : "", body->len);
-    if (lua_pcall(L, 1, 1, 0) != 0)
-        return 0; /* the error message is on the stack */
-    return 1;
+    lua_pushvalue(L, body);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushliteral(L, "");
+    }
+    return lua_pcall(L, 1, 1, 0) == 0;
 }
 
 /* The server's own words from a decoded body at the top, or NULL. */
@@ -410,16 +458,10 @@ static int status_is_200(lua_State *L)
     return ok;
 }
 
-static void set_field_str(lua_State *L, const char *k, const char *v, size_t len)
-{
-    lua_pushlstring(L, v, len);
-    lua_setfield(L, -2, k);
-}
-
 /* Pushes nil, message, info. Expects the decoded response (or nil) on top,
- * and leaves it as info.response. */
-static int push_failure(lua_State *L, sx_client *c, const sx_result *r, sx_kind kind,
-                        const char *detail)
+ * and leaves it as info.response; `body` is the raw body's stack index. */
+static int push_failure(lua_State *L, const sx_result *r, sx_kind kind, const char *detail,
+                        int body)
 {
     int response = lua_gettop(L);
     lua_pushnil(L);
@@ -428,8 +470,10 @@ static int push_failure(lua_State *L, sx_client *c, const sx_result *r, sx_kind 
                         detail ? detail : "");
     else
         lua_pushfstring(L, "sendx: %s error: %s", kind_names[kind], detail ? detail : "unknown");
-    if (r->attempts > 1)
-        lua_pushfstring(L, " (after %d attempts)", r->attempts), lua_concat(L, 2);
+    if (r->attempts > 1) {
+        lua_pushfstring(L, " (after %d attempts)", r->attempts);
+        lua_concat(L, 2);
+    }
     lua_createtable(L, 0, 7);
     lua_pushstring(L, kind_names[kind]);
     lua_setfield(L, -2, "kind");
@@ -437,8 +481,8 @@ static int push_failure(lua_State *L, sx_client *c, const sx_result *r, sx_kind 
         lua_pushinteger(L, (lua_Integer)r->status);
         lua_setfield(L, -2, "status");
     }
-    if (c->conn.response.len > 0)
-        set_field_str(L, "body", c->conn.response.data, c->conn.response.len);
+    lua_pushvalue(L, body);
+    lua_setfield(L, -2, "body");
     lua_pushvalue(L, response);
     lua_setfield(L, -2, "response");
     lua_pushboolean(L, r->retryable);
@@ -448,26 +492,38 @@ static int push_failure(lua_State *L, sx_client *c, const sx_result *r, sx_kind 
     return 3;
 }
 
-/* Turns what the transport saw into the call's results. */
+/* Turns what the transport saw into the call's results. The body and
+ * libcurl's message are copied into Lua strings before anything else: a
+ * finalizer run by a later allocation may use (or close) this client. */
 static int push_outcome(lua_State *L, sx_client *c, const sx_result *r)
 {
-    const sx_buf *body = &c->conn.response;
+    int body, msg;
+    const sx_buf *raw = &c->conn.response;
+    if (raw->len > 0)
+        lua_pushlstring(L, raw->data, raw->len);
+    else
+        lua_pushnil(L);
+    body = lua_gettop(L);
+    lua_pushstring(L, r->message); /* nil when NULL */
+    msg = lua_gettop(L);
+    lua_pushnil(L); /* no decoded response (yet) */
     if (r->kind != SX_OK && r->kind != SX_HTTP)
-        return lua_pushnil(L), push_failure(L, c, r, r->kind, r->message);
+        return push_failure(L, r, r->kind, lua_tostring(L, msg), body);
     if (r->code != CURLE_OK) /* the body outgrew its cap */
-        return lua_pushnil(L), push_failure(L, c, r, SX_HTTP, r->message);
+        return push_failure(L, r, SX_HTTP, lua_tostring(L, msg), body);
+    lua_pop(L, 1);
     if (!decode_body(L, body) || !lua_istable(L, -1)) {
         const char *why = lua_isstring(L, -1) ? lua_tostring(L, -1) : "not a JSON object";
         if (r->kind == SX_HTTP)
-            return lua_pushnil(L), push_failure(L, c, r, SX_HTTP, NULL);
+            return lua_pushnil(L), push_failure(L, r, SX_HTTP, NULL, body);
         lua_pushfstring(L, "response is not a JSON object (%s)", why);
         lua_pushnil(L);
-        return push_failure(L, c, r, SX_DECODE, lua_tostring(L, -2));
+        return push_failure(L, r, SX_DECODE, lua_tostring(L, -2), body);
     }
     if (r->kind == SX_HTTP)
-        return push_failure(L, c, r, SX_HTTP, server_message(L));
+        return push_failure(L, r, SX_HTTP, server_message(L), body);
     if (!status_is_200(L))
-        return push_failure(L, c, r, SX_API, server_message(L));
+        return push_failure(L, r, SX_API, server_message(L), body);
     return 1;
 }
 
@@ -563,17 +619,24 @@ static int l_new(lua_State *L)
     return 1;
 }
 
-/* sendx.configure(options) -- the defaults of the module-level calls */
-static int l_configure(lua_State *L)
+/* Replaces (and closes) the default client by one made from the options at
+ * idx; arg 0 reports bad options as plain errors, not argument errors. */
+static void set_default(lua_State *L, int idx, int arg)
 {
     sx_client *old;
-    lua_settop(L, 1);
-    client_new(L, 1, 1, 1);
+    client_new(L, idx, arg, 1);
     lua_getfield(L, LUA_REGISTRYINDEX, DEFAULT_KEY);
     if ((old = luaL_testudata(L, -1, CLIENT_MT)) != NULL)
         client_release(old);
     lua_pop(L, 1);
     lua_setfield(L, LUA_REGISTRYINDEX, DEFAULT_KEY);
+}
+
+/* sendx.configure(options) -- the defaults of the module-level calls */
+static int l_configure(lua_State *L)
+{
+    lua_settop(L, 1);
+    set_default(L, 1, 1);
     return 0;
 }
 
@@ -582,9 +645,8 @@ static sx_client *default_client(lua_State *L)
 {
     lua_getfield(L, LUA_REGISTRYINDEX, DEFAULT_KEY);
     if (lua_isnil(L, -1)) {
+        set_default(L, lua_gettop(L), 0);
         lua_pop(L, 1);
-        lua_pushcfunction(L, l_configure);
-        lua_call(L, 0, 0);
         lua_getfield(L, LUA_REGISTRYINDEX, DEFAULT_KEY);
     }
     return check_client(L, -1);
@@ -697,8 +759,15 @@ static void create_metatable(lua_State *L)
     lua_pop(L, 1);
 }
 
-int luaopen_sendx(lua_State *L);
-int luaopen_sendx(lua_State *L)
+/* The one symbol the module exports (the Makefile hides the others). */
+#if defined(__GNUC__)
+#define SENDX_EXPORT __attribute__((visibility("default")))
+#else
+#define SENDX_EXPORT
+#endif
+
+SENDX_EXPORT int luaopen_sendx(lua_State *L);
+SENDX_EXPORT int luaopen_sendx(lua_State *L)
 {
     if (sx_transport_global_init() != 0)
         return luaL_error(L, "sendx: curl_global_init failed");

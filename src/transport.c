@@ -125,6 +125,8 @@ static int set_options(sx_conn *c, const sx_conn_opts *o)
         SETOPT(CURLOPT_CAINFO, o->ca_file);
     if (o->proxy != NULL)
         SETOPT(CURLOPT_PROXY, o->proxy);
+    else if (o->no_env_proxy)
+        SETOPT(CURLOPT_NOPROXY, "*");
     return ok ? 0 : -1;
 }
 
@@ -234,6 +236,12 @@ static int classify(sx_conn *c, CURLcode rc, sx_result *r)
     r->kind = rc == CURLE_OPERATION_TIMEDOUT ? SX_TIMEOUT
               : is_tls_error(rc)             ? SX_TLS
                                              : SX_NETWORK;
+    if (rc == CURLE_SSL_CONNECT_ERROR) {
+        long os_errno = 0; /* a reset during the handshake is the network's doing */
+        curl_easy_getinfo(c->curl, CURLINFO_OS_ERRNO, &os_errno);
+        if (os_errno != 0)
+            r->kind = SX_NETWORK;
+    }
     if (rc == CURLE_COULDNT_RESOLVE_HOST || rc == CURLE_COULDNT_RESOLVE_PROXY ||
         rc == CURLE_COULDNT_CONNECT)
         return 1;

@@ -29,6 +29,7 @@ typedef struct sx_conn_opts {
     const char *user_agent;
     const char *ca_file;     /* NULL: the system's trust store */
     const char *proxy;       /* NULL: the environment's proxy settings */
+    int no_env_proxy;        /* ignore the environment's proxies */
     long timeout_ms, connect_timeout_ms, max_retry_wait_ms;
     int retries;
 } sx_conn_opts;
