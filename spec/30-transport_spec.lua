@@ -473,6 +473,70 @@ describe("transport", function()
     end)
   end)
 
+  describe("options on the wire", function()
+    it("tolerate a trailing slash in base_url", function()
+      local c = helpers.client(sendx, m, { base_url = m.url .. "/" })
+      assert.truthy(c:identify { email = "slash@x.io" })
+      assert.equal("/api/v1/contact/identify", m:requests()[1].path)
+      c:close()
+    end)
+
+    it("retry twice by default", function()
+      local c = sendx.new { api_key = m.api_key, team_id = m.team_id, base_url = m.url }
+      m:fault { status = 503, times = 5 }
+      local _, _, info = c:identify { email = "def@x.io" }
+      assert.equal(3, info.attempts)
+      c:close()
+    end)
+
+    it("limit the connect phase with connect_timeout", function()
+      local socket = require "socket"
+      -- a listener whose backlog is full: the kernel drops further SYNs
+      local l = assert(socket.tcp())
+      assert(l:bind("127.0.0.1", 0))
+      assert(l:listen(0))
+      local _, port = l:getsockname()
+      local fill = {}
+      for i = 1, 4 do
+        fill[i] = socket.tcp()
+        fill[i]:settimeout(0)
+        fill[i]:connect("127.0.0.1", port)
+      end
+      local c = helpers.client(sendx, m, { base_url = "http://127.0.0.1:" .. port, connect_timeout = 0.3,
+                                           timeout = 20, retries = 0 })
+      local t0 = now()
+      local res, err, info = c:identify { email = "ct@x.io", customFields = { n = "++1" } }
+      local took = now() - t0
+      c:close()
+      for _, f in ipairs(fill) do f:close() end
+      l:close()
+      assert.is_nil(res)
+      assert.equal("timeout", info.kind, err)
+      assert.equal(true, info.retryable) -- nothing was sent, so even an increment may be retried
+      assert.is_true(took < 10, took)
+    end)
+
+    describe("default base URLs", function()
+      -- The CONNECT proxy names the host each tunnel is for, and refuses any
+      -- that is not loopback: nothing leaves the machine.
+      local pport, plog, pstop
+      lazy_setup(function() pport, plog, pstop = helpers.connect_proxy() end)
+      lazy_teardown(function() pstop() end)
+
+      it("are app.sendx.io for legacy and api.sendx.io for rest, over https", function()
+        local legacy = sendx.new { api_key = m.api_key, team_id = "t", proxy = "http://127.0.0.1:" .. pport, retries = 0 }
+        local rest = sendx.new { api_key = m.api_key, api = "rest", proxy = "http://127.0.0.1:" .. pport, retries = 0 }
+        local res, _, info = legacy:identify { email = "d@x.io" }
+        assert.is_nil(res)
+        assert.equal("network", info.kind)
+        assert.is_nil(rest:identify { email = "d@x.io" })
+        legacy:close()
+        rest:close()
+        assert.matches("CONNECT app.sendx.io:443\nCONNECT api.sendx.io:443", plog(), 1, true)
+      end)
+    end)
+  end)
+
   describe("refusals send nothing", function()
     it("bad input", function()
       assert.truthy(raised(function() return client:identify { email = "x@x.io", tags = { 1 } } end))

@@ -1,0 +1,29 @@
+-- The examples run as they are, against the mock (as `make demo` runs them).
+local lua = os.getenv("SENDX_TEST_LUA") or "lua5.4"
+local build = os.getenv("SENDX_TEST_BUILD") or "build/lua5.4"
+
+local function run(cmd)
+  local p = io.popen(cmd .. " 2>&1; echo \"rc=$?\"")
+  local out = p:read("*a")
+  p:close()
+  return tonumber(out:match("rc=(%d+)%s*$")), out
+end
+
+describe("examples/quickstart.lua", function()
+  it("identifies, tracks and prints the responses", function()
+    local rc, out = run(string.format("LUA_CPATH='%s/?.so;;' %s spec/support/with_mock.lua %s examples/quickstart.lua",
+      build, lua, lua))
+    assert.equal(0, rc, out)
+    assert.matches("identify ->", out, 1, true)
+    assert.matches('email = "john.doe@gmail.com"', out, 1, true)
+    assert.matches('[2] = "trial user"', out, 1, true)
+    assert.matches("track ->", out, 1, true)
+    assert.matches('data = "success"', out, 1, true)
+  end)
+
+  it("fails with a message when no credentials are set", function()
+    local rc, out = run(string.format("LUA_CPATH='%s/?.so;;' %s examples/quickstart.lua", build, lua))
+    assert.is_not.equal(0, rc)
+    assert.matches("SENDX_API_KEY", out, 1, true)
+  end)
+end)
