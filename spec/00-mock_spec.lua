@@ -576,6 +576,21 @@ describe("mock API", function()
       assert.same({}, m:requests())
       assert.is_nil(m:contact("a@example.com"))
     end)
+
+    it("is not written by a request that waited across a reset", function()
+      m:fault { delay = 0.5 }
+      local sock = connect(m)
+      sock:settimeout(0.1) -- give up on the answer, as a client with a short timeout does
+      assert.is_nil(raw_request(sock, m, encode { email = "late@example.com" }))
+      sock:close()
+      m:reset()
+      legacy(m, "identify", { email = "now@example.com" })
+      socket.sleep(0.8) -- the delayed request has woken up by now
+      local log = m:requests()
+      assert.equal(1, #log)
+      assert.matches("now@example.com", log[1].body, 1, true)
+      assert.is_nil(m:contact("late@example.com"))
+    end)
   end)
 
   describe("connection ids", function()

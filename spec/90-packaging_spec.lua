@@ -2,12 +2,7 @@
 local lua = os.getenv("SENDX_TEST_LUA") or "lua5.4"
 local version = lua:match("lua(%d%.%d)$") or "5.4"
 
-local function run(cmd)
-  local p = io.popen(cmd .. " 2>&1; echo \"rc=$?\"")
-  local out = p:read("*a")
-  p:close()
-  return tonumber(out:match("rc=(%d+)%s*$")), out
-end
+local run = require("spec.helpers").run
 
 local function tmpdir()
   local p = io.popen("mktemp -d")

@@ -59,6 +59,14 @@ function helpers.lua_heap_kb()
   return collectgarbage("count")
 end
 
+-- Runs a shell command; returns its exit status and its output (both streams).
+function helpers.run(cmd)
+  local p = io.popen(cmd .. " 2>&1; echo \"rc=$?\"")
+  local out = p:read("*a")
+  p:close()
+  return tonumber(out:match("rc=(%d+)%s*$")), out
+end
+
 -- Runs a spec/support server script in the background with a port file and
 -- extra arguments; returns its port and a function that stops it.
 function helpers.background_server(script, ...)

@@ -499,12 +499,19 @@ local function error_response(err)
   return 500, { status = "error", message = "mock internal error: " .. tostring(err) }
 end
 
+-- Bumped by every reset. A request that waited (a delay fault) across a reset
+-- belongs to an earlier test: it must not write into the new log or state.
+local function epoch()
+  return dict:get("epoch") or 0
+end
+
 local function handle_api()
   local req = read_request()
+  local born = epoch()
   local n = requests_log.add(req)
   local function finish(status)
     req.status = status
-    requests_log.save(n, req)
+    if epoch() == born then requests_log.save(n, req) end
   end
   local route = ROUTES[req.path]
   local fault = faults.take(route and route.endpoint)
@@ -513,6 +520,7 @@ local function handle_api()
     local done
     done, extra_headers = apply_fault(fault, finish)
     if done then return end
+    if epoch() ~= born then return ngx.exit(ngx.HTTP_CLOSE) end
   end
   local ok, status, body, headers = pcall(answer, route, req)
   if not ok then status, body, headers = error_response(status) end
@@ -534,8 +542,10 @@ CONTROL["GET /_mock/ping"] = function()
 end
 
 CONTROL["POST /_mock/reset"] = function()
+  local next_epoch = epoch() + 1
   dict:flush_all()
   dict:flush_expired()
+  assert(dict:set("epoch", next_epoch))
   return 200, cjson.encode({ ok = true })
 end
 
