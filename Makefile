@@ -25,10 +25,9 @@ HEADERS = src/compat.h src/encode.h src/transport.h src/buffer.h
 BUILD   = build/lua$(LUA_VERSION)
 MODULE  = $(BUILD)/sendx.so
 
-BUSTED  ?= /usr/bin/busted
 BUSTED_ARGS ?=
 
-.PHONY: all test demo deps install uninstall clean
+.PHONY: all test demo install uninstall clean
 
 all: $(MODULE)
 
@@ -38,14 +37,13 @@ $(MODULE): $(SOURCES) $(HEADERS) Makefile
 	  $(CFLAGS) $(WARNINGS) $(WERROR) -I$(LUA_INCDIR) $(CURL_CFLAGS) \
 	  -o $@ $(SOURCES) $(CURL_LIBS) -lpthread
 
-deps:
+test:
 	@.ci/install-deps test
-
-test: deps
 	@$(MAKE) --no-print-directory -B $(MODULE) WERROR=-Werror
 	@.ci/busted $(LUA) $(BUILD) $(BUSTED_ARGS)
 
-demo: deps
+demo:
+	@.ci/install-deps demo
 	@$(MAKE) --no-print-directory $(MODULE)
 	@LUA_CPATH="$(BUILD)/?.so;;" $(LUA) spec/support/with_mock.lua \
 	  $(LUA) examples/quickstart.lua

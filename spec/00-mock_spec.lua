@@ -179,7 +179,7 @@ describe("mock lifecycle", function()
   end)
 
   it("is stopped when a script forgets to stop it", function()
-    local out, rc = run("lua5.4 -e 'local m = require(\"spec.support.mock\").start() print(m.pid, m.prefix)'")
+    local out, rc = run((os.getenv("SENDX_TEST_LUA") or "lua5.4") .. " -e 'local m = require(\"spec.support.mock\").start() print(m.pid, m.prefix)'")
     assert.equal(0, rc, out)
     local pid, prefix = out:match("^(%d+)%s+(%S+)")
     assert.truthy(pid, out)

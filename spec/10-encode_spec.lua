@@ -265,6 +265,7 @@ describe("client encoders", function()
         raised(function() return legacy:encode_track(e, {}) end), 1, true)
     end
     assert.matches("email: must not be empty", raised(function() return legacy:encode_track("", {}) end), 1, true)
+    assert.matches("email: invalid UTF-8", raised(function() return legacy:encode_track("a\255@x.io", {}) end), 1, true)
     assert.matches("email: expected string, got nil", raised(function() return legacy:encode_track(nil, {}) end), 1, true)
   end)
 end)

@@ -68,7 +68,7 @@ describe("transport", function()
       assert.equal(sendx.encode_identify(contact), req.body)
       local ua = req.headers["user-agent"]
       assert.matches("sendx/" .. sendx.version, ua, 1, true)
-      assert.matches("Lua", ua, 1, true)
+      assert.matches(_VERSION:gsub("Lua ", ""), ua, 1, true) -- the Lua version
       assert.matches("libcurl/", ua, 1, true)
     end)
 
@@ -117,6 +117,14 @@ describe("transport", function()
       assert.matches("email=a%2Bb%40x.com", req.uri, 1, true)
       assert.equal("a+b@x.com", req.args.email)
       assert.same({ "x" }, m:contact("a+b@x.com").tags)
+    end)
+
+    it("percent-encodes the team id", function()
+      local c = helpers.client(sendx, m, { team_id = "t+1/ü&x=y" })
+      local _, _, info = c:identify { email = "team@x.io" }
+      assert.equal(401, info.status) -- not the mock's team
+      assert.matches("team_id=t%2B1%2F%C3%BC%26x%3Dy", m:requests()[1].uri, 1, true)
+      c:close()
     end)
 
     it("reports an unknown contact as an http failure", function()
@@ -274,14 +282,36 @@ describe("transport", function()
       m:fault { status = 200, body = "<html>maintenance</html>", content_type = "text/html" }
       local res, err, info = client:identify { email = "d@x.io" }
       assert.is_nil(res)
-      assert.matches("sendx: decode error: response is not a JSON object", err, 1, true)
+      assert.matches("sendx: decode error: response is not JSON", err, 1, true)
       assert.equal("decode", info.kind)
       assert.equal(200, info.status)
       assert.equal("<html>maintenance</html>", info.body)
       assert.is_nil(info.response)
     end)
 
+    it("accepts a response body of exactly 1 MiB", function()
+      m:fault { size = 1024 * 1024 }
+      local res, err = client:identify { email = "edge@x.io" }
+      assert.is_nil(err)
+      assert.equal("200", res.status)
+    end)
+
+    it("decode: a 2xx JSON answer that is not an object", function()
+      for _, body in ipairs { "[]", '["x"]', '"ok"', "42" } do
+        m:reset()
+        m:fault { status = 200, body = body, content_type = "application/json" }
+        local res, err, info = client:identify { email = "d@x.io" }
+        assert.is_nil(res)
+        assert.equal("decode", info.kind, body)
+        assert.matches("response is JSON but not an object", err, 1, true)
+        assert.equal(body, info.body)
+      end
+    end)
+
     it("caps the response body at 1 MiB with an error", function()
+      m:fault { size = 1024 * 1024 + 1 }
+      local _, err0 = client:identify { email = "edge1@x.io" }
+      assert.matches("larger than 1 MiB", err0, 1, true)
       m:fault { size = 2 * 1024 * 1024 }
       local res, err, info = client:identify { email = "big@x.io" }
       assert.is_nil(res)
@@ -355,6 +385,25 @@ describe("transport", function()
       assert.is_true(now() - t0 >= 0.9)
     end)
 
+    it("wait an exponential backoff between attempts", function()
+      m:fault { status = 503, times = 2 }
+      local t0 = now()
+      assert.truthy(client:identify { email = "bo@x.io" })
+      local took = now() - t0
+      -- 0.1-0.2 s, then 0.2-0.4 s
+      assert.is_true(took >= 0.3 and took < 1.5, took)
+    end)
+
+    it("clamp Retry-After to 30 s by default", function()
+      m:fault { status = 503, retry_after = "3600" }
+      local c = helpers.client(sendx, m, { retries = 1 })
+      local t0 = now()
+      assert.truthy(c:identify { email = "r30@x.io" })
+      local took = now() - t0
+      assert.is_true(took >= 29.5 and took < 40, took)
+      c:close()
+    end)
+
     it("clamp Retry-After to max_retry_wait", function()
       local c = helpers.client(sendx, m, { max_retry_wait = 0.5, retries = 1 })
       m:fault { status = 503, retry_after = "3600" }
@@ -385,6 +434,13 @@ describe("transport", function()
         assert.equal("timeout", info.kind)
         assert.equal(1, info.attempts)
         c:close()
+      end)
+
+      it("counts --N as an increment too", function()
+        m:fault { status = 503, times = 3 }
+        local _, _, info = client:identify { email = "dec@x.io", customFields = { stock = "--1" } }
+        assert.equal(1, info.attempts)
+        assert.equal(1, #m:requests())
       end)
 
       it("is retried on 429 and refused connections", function()
@@ -513,7 +569,7 @@ describe("transport", function()
       assert.is_nil(res)
       assert.equal("timeout", info.kind, err)
       assert.equal(true, info.retryable) -- nothing was sent, so even an increment may be retried
-      assert.is_true(took < 10, took)
+      assert.is_true(took < 1.5, took) -- not the 3 s default, nor the 20 s timeout
     end)
 
     describe("default base URLs", function()
@@ -604,6 +660,41 @@ describe("transport", function()
       for i = 1, 200 do client:track("g1@x.io", { addTags = { "t" .. i } }) end
       assert.is_true(helpers.lua_heap_kb() - heap < 64, "Lua heap grew")
       assert.equal(fds, helpers.fd_count())
+    end)
+
+    it("are released by close and by the garbage collector: memory stays flat over 5000 clients", function()
+      -- In a fresh interpreter: the RSS of this one also reflects how malloc
+      -- kept the pages of earlier specs' 1 MiB responses.
+      local out = os.tmpname()
+      assert.is_true(helpers.run_script(string.format([[
+        local sendx = require "sendx"
+        local function rss_kb()
+          local f = assert(io.open("/proc/self/statm"))
+          local _, pages = f:read("*n", "*n")
+          f:close()
+          return pages * 4
+        end
+        local function clients(n)
+          for i = 1, n do
+            local c = sendx.new { api_key = %q, team_id = %q, base_url = %q }
+            assert(c:identify { email = "m" .. i .. "@x.io", tags = { "a" } })
+            if i %% 2 == 0 then c:close() end -- the others are left to __gc
+          end
+          collectgarbage("collect")
+          collectgarbage("collect")
+        end
+        clients(500)
+        local before = rss_kb()
+        clients(5000)
+        local f = assert(io.open(%q, "w"))
+        f:write(rss_kb() - before)
+        f:close()
+      ]], m.api_key, m.team_id, m.url, out)))
+      local f = assert(io.open(out))
+      local grown = f:read("*n")
+      f:close()
+      os.remove(out)
+      assert.is_true(grown < 512, "RSS grew by " .. grown .. " KiB")
     end)
 
     it("are released by close and by the garbage collector", function()

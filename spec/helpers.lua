@@ -3,6 +3,14 @@ local cjson = require "cjson"
 
 local helpers = {}
 
+-- The module-level calls read these: a spec run with real credentials in its
+-- environment could reach the real API. `make test` clears them.
+for _, name in ipairs { "SENDX_API_KEY", "SENDX_TEAM_ID", "SENDX_BASE_URL" } do
+  if os.getenv(name) then
+    error(name .. " is set: run the specs through `make test`, which clears it", 0)
+  end
+end
+
 -- The seed example of the API documentation, used across specs.
 function helpers.seed_contact()
   return {

@@ -262,11 +262,12 @@ static void check_birthday(lua_State *L, int arg, const char *s, size_t len)
         sx_argerror(L, arg, "birthday: %s is not a calendar date", s);
 }
 
-/* "++N" / "--N" asks SendX to change a number field: not idempotent. */
+/* "++N" / "--N" asks SendX to change a number field: not idempotent. Any
+ * value starting with "++" or "--" counts, whatever follows: treating one
+ * too many as an increment costs a retry, one too few a double count. */
 static int is_increment(const char *s, size_t len)
 {
-    return len >= 3 && (s[0] == '+' || s[0] == '-') && s[1] == s[0] &&
-           isdigit((unsigned char)s[2]);
+    return len >= 2 && (s[0] == '+' || s[0] == '-') && s[1] == s[0];
 }
 
 /* Encodes the custom field value at the top of the stack as a JSON string.

@@ -429,6 +429,16 @@ static int decode_body(lua_State *L, int body)
     return lua_pcall(L, 1, 1, 0) == 0;
 }
 
+/* 1 when the JSON text at idx is an object (its first non-blank byte is '{'). */
+static int is_object(lua_State *L, int idx)
+{
+    size_t len, i = 0;
+    const char *s = lua_tolstring(L, idx, &len);
+    while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\r' || s[i] == '\n'))
+        i++;
+    return i < len && s[i] == '{';
+}
+
 /* The server's own words from a decoded body at the top, or NULL. */
 static const char *server_message(lua_State *L)
 {
@@ -512,11 +522,16 @@ static int push_outcome(lua_State *L, sx_client *c, const sx_result *r)
     if (r->code != CURLE_OK) /* the body outgrew its cap */
         return push_failure(L, r, SX_HTTP, lua_tostring(L, msg), body);
     lua_pop(L, 1);
-    if (!decode_body(L, body) || !lua_istable(L, -1)) {
-        const char *why = lua_isstring(L, -1) ? lua_tostring(L, -1) : "not a JSON object";
+    if (!decode_body(L, body)) {
+        lua_pushfstring(L, "response is not JSON (%s)", lua_tostring(L, -1));
+        lua_pushnil(L);
+        return push_failure(L, r, r->kind == SX_HTTP ? SX_HTTP : SX_DECODE,
+                            r->kind == SX_HTTP ? NULL : lua_tostring(L, -2), body);
+    }
+    if (!is_object(L, body)) { /* cjson decodes [] and {} alike: look at the text */
         if (r->kind == SX_HTTP)
-            return lua_pushnil(L), push_failure(L, r, SX_HTTP, NULL, body);
-        lua_pushfstring(L, "response is not a JSON object (%s)", why);
+            return push_failure(L, r, SX_HTTP, NULL, body);
+        lua_pushfstring(L, "response is JSON but not an object (%s)", luaL_typename(L, -1));
         lua_pushnil(L);
         return push_failure(L, r, SX_DECODE, lua_tostring(L, -2), body);
     }

@@ -121,8 +121,10 @@ static int set_options(sx_conn *c, const sx_conn_opts *o)
 #else
     SETOPT(CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
 #endif
-    if (o->ca_file != NULL)
+    if (o->ca_file != NULL) { /* instead of the system's store, not besides it */
         SETOPT(CURLOPT_CAINFO, o->ca_file);
+        SETOPT(CURLOPT_CAPATH, (char *)NULL);
+    }
     if (o->proxy != NULL)
         SETOPT(CURLOPT_PROXY, o->proxy);
     else if (o->no_env_proxy)

@@ -79,6 +79,9 @@ local function support_dir()
   return (dir:gsub("/%./", "/"):gsub("/%.$", ""))
 end
 
+-- Debian installs nginx in /usr/sbin, which a normal user's PATH lacks.
+local NGINX = io.open("/usr/sbin/nginx") and "/usr/sbin/nginx" or "nginx"
+
 local SUPPORT_DIR = support_dir()
 local LUA_DIR = SUPPORT_DIR .. "/mock"
 
@@ -204,7 +207,7 @@ function Mock:_launch()
   local p = self.prefix
   write_file(p .. "/error.log", "") -- only this attempt's messages in the report
   local log = quote(p .. "/error.log")
-  self.proc = assert(io.popen("echo $$; exec nginx -p " .. quote(p .. "/") .. " -c " .. quote(p .. "/nginx.conf")
+  self.proc = assert(io.popen("echo $$; exec " .. NGINX .. " -p " .. quote(p .. "/") .. " -c " .. quote(p .. "/nginx.conf")
     .. " -e " .. log .. " >>" .. log .. " 2>&1 </dev/null", "r"))
   self.pid = tonumber(self.proc:read("*l"))
   -- Created after the popen handle, so finalized before it: stops nginx at
