@@ -573,22 +573,31 @@ describe("transport", function()
     end)
 
     describe("default base URLs", function()
-      -- The CONNECT proxy names the host each tunnel is for, and refuses any
-      -- that is not loopback: nothing leaves the machine.
+      -- The CONNECT proxy leads tunnels for SendX's hosts to the mock's TLS
+      -- port (its certificate names them): nothing leaves the machine, and
+      -- the mock sees host and path.
       local pport, plog, pstop
-      lazy_setup(function() pport, plog, pstop = helpers.connect_proxy() end)
+      lazy_setup(function() pport, plog, pstop = helpers.connect_proxy(m.tls_port) end)
       lazy_teardown(function() pstop() end)
 
-      it("are app.sendx.io for legacy and api.sendx.io for rest, over https", function()
-        local legacy = sendx.new { api_key = m.api_key, team_id = "t", proxy = "http://127.0.0.1:" .. pport, retries = 0 }
-        local rest = sendx.new { api_key = m.api_key, api = "rest", proxy = "http://127.0.0.1:" .. pport, retries = 0 }
-        local res, _, info = legacy:identify { email = "d@x.io" }
-        assert.is_nil(res)
-        assert.equal("network", info.kind)
-        assert.is_nil(rest:identify { email = "d@x.io" })
+      local function via_proxy(opts)
+        opts.proxy, opts.ca_file, opts.api_key = "http://127.0.0.1:" .. pport, m.ca_file, m.api_key
+        return sendx.new(opts)
+      end
+
+      it("are https://app.sendx.io/api/v1 for legacy and https://api.sendx.io/api/v1/rest for rest", function()
+        local legacy = via_proxy { team_id = m.team_id }
+        local rest = via_proxy { api = "rest" }
+        assert.truthy(legacy:identify { email = "d@x.io" })
+        assert.truthy(rest:track("d@x.io", { addTags = { "x" } }))
         legacy:close()
         rest:close()
         assert.matches("CONNECT app.sendx.io:443\nCONNECT api.sendx.io:443", plog(), 1, true)
+        local reqs = m:requests()
+        assert.equal("app.sendx.io", reqs[1].headers.host)
+        assert.equal("/api/v1/contact/identify", reqs[1].path)
+        assert.equal("api.sendx.io", reqs[2].headers.host)
+        assert.equal("/api/v1/rest/contact/track", reqs[2].path)
       end)
     end)
   end)

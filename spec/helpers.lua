@@ -101,10 +101,11 @@ function helpers.background_server(script, ...)
 end
 
 -- The CONNECT proxy: its port, a function reading its log of tunnels, and a
--- function that stops it.
-function helpers.connect_proxy()
+-- function that stops it. With stand_in_port, tunnels to hosts off loopback
+-- lead there instead.
+function helpers.connect_proxy(stand_in_port)
   local logfile = os.tmpname()
-  local port, stop = helpers.background_server("connect_proxy.lua", logfile, 60)
+  local port, stop = helpers.background_server("connect_proxy.lua", logfile, 60, stand_in_port)
   local function log()
     local f = io.open(logfile)
     local s = f and f:read("*a") or ""

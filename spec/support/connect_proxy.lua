@@ -1,13 +1,16 @@
 -- A minimal HTTP CONNECT proxy for the proxy specs, on 127.0.0.1 only.
 --
---   lua spec/support/connect_proxy.lua PORTFILE LOGFILE [SECONDS]
+--   lua spec/support/connect_proxy.lua PORTFILE LOGFILE [SECONDS [STAND_IN_PORT]]
 --
 -- Writes its port to PORTFILE, appends "CONNECT host:port" to LOGFILE for
--- every tunnel, relays bytes both ways, tunnels to loopback targets only, and
--- exits by itself after SECONDS (default 60) so that no run leaves it behind.
+-- every tunnel, relays bytes both ways, and exits by itself after SECONDS
+-- (default 60) so that no run leaves it behind. It never connects off the
+-- machine: a tunnel to any other host is refused (502), or, given
+-- STAND_IN_PORT, led to 127.0.0.1:STAND_IN_PORT instead (the mock's TLS port).
 local socket = require "socket"
 
 local portfile, logfile, lifetime = arg[1], arg[2], tonumber(arg[3] or "60")
+local stand_in = tonumber(arg[4] or "")
 local server = assert(socket.bind("127.0.0.1", 0))
 server:settimeout(0)
 local _, port = server:getsockname()
@@ -30,10 +33,13 @@ end
 local function open_tunnel(s, head)
   local host, p = head:match("^CONNECT ([%w%.%-]+):(%d+) HTTP/1%.%d\r\n")
   append(logfile, "CONNECT " .. tostring(host) .. ":" .. tostring(p))
-  local target = (host == "localhost") and "127.0.0.1" or host
+  local target, tport = (host == "localhost") and "127.0.0.1" or host, tonumber(p)
+  if target and not target:match("^127%.") and stand_in then
+    target, tport = "127.0.0.1", stand_in
+  end
   local up = socket.tcp()
   up:settimeout(2)
-  if not (target and target:match("^127%.") and up:connect(target, tonumber(p))) then
+  if not (target and target:match("^127%.") and up:connect(target, tport)) then
     s:send("HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
     up:close()
     s:close()

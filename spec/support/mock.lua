@@ -136,7 +136,9 @@ local function make_certs(dir)
     "basicConstraints = critical, CA:FALSE",
     "keyUsage = critical, digitalSignature, keyEncipherment",
     "extendedKeyUsage = serverAuth",
-    "subjectAltName = DNS:localhost", "" }, "\n"))
+    -- SendX's own names too, so that a spec can tunnel the default base URLs
+    -- here through spec/support/connect_proxy.lua; no IP: 127.0.0.1 must fail.
+    "subjectAltName = DNS:localhost, DNS:app.sendx.io, DNS:api.sendx.io", "" }, "\n"))
   local ec = " -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
   local steps = {
     "openssl req -x509" .. ec .. " -keyout " .. q("ca.key") .. " -out " .. q("ca.crt")
