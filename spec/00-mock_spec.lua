@@ -89,13 +89,7 @@ local function curl_identify(m, url)
     .. " -d '{\"email\":\"tls@example.com\"}' " .. mock.quote(url .. "/contact/identify?team_id=" .. m.team_id))
 end
 
-local function port_open(port)
-  local c = socket.tcp()
-  c:settimeout(0.5)
-  local ok = c:connect("127.0.0.1", port)
-  c:close()
-  return ok ~= nil
-end
+local port_open = mock.port_open
 
 local function dir_exists(path)
   return (mock.exec("test -d " .. mock.quote(path)))

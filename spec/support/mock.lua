@@ -96,6 +96,7 @@ end
 
 -- Processes and ports --------------------------------------------------------
 
+-- Whether something accepts TCP connections on 127.0.0.1:port.
 local function port_open(port)
   local c = socket.tcp()
   c:settimeout(0.25)
@@ -103,6 +104,7 @@ local function port_open(port)
   c:close()
   return ok ~= nil
 end
+M.port_open = port_open
 
 -- A zombie counts as dead: it has exited and waits for _terminate to reap it.
 local function alive(pid)
