@@ -221,6 +221,12 @@ static void add_raw(lua_State *L, sx_buf *b, const char *s)
         MEMERR(L);
 }
 
+static void add_char(lua_State *L, sx_buf *b, char c)
+{
+    if (sx_buf_addc(b, c) != 0)
+        MEMERR(L);
+}
+
 /* ---------------------------------------------------------------------------
  * Field values
  * ------------------------------------------------------------------------ */
@@ -290,9 +296,9 @@ static int add_custom_value(lua_State *L, sx_buf *b, int arg, const char *key)
         if (isnan(n) || isinf(n))
             sx_argerror(L, arg, "customFields.%s: NaN and infinities cannot be sent", key);
         format_number(L, -1, num);
-        add_raw(L, b, "\"");
+        add_char(L, b, '"');
         add_raw(L, b, num);
-        add_raw(L, b, "\"");
+        add_char(L, b, '"');
         return 0;
     }
     default:
@@ -307,7 +313,7 @@ static int add_custom_fields(lua_State *L, sx_buf *b, int arg, const char *name)
     int first = 1, incr = 0;
     if (!lua_istable(L, -1))
         sx_argerror(L, arg, "%s: expected table, got %s", name, luaL_typename(L, -1));
-    add_raw(L, b, "{");
+    add_char(L, b, '{');
     lua_pushnil(L);
     while (lua_next(L, -2) != 0) {
         size_t klen;
@@ -319,14 +325,14 @@ static int add_custom_fields(lua_State *L, sx_buf *b, int arg, const char *name)
         if (klen == 0)
             sx_argerror(L, arg, "%s: empty field name", name);
         if (!first)
-            add_raw(L, b, ",");
+            add_char(L, b, ',');
         first = 0;
         add_json_string(L, b, k, klen, arg, "", name);
-        add_raw(L, b, ":");
+        add_char(L, b, ':');
         incr |= add_custom_value(L, b, arg, k);
         lua_pop(L, 1);
     }
-    add_raw(L, b, "}");
+    add_char(L, b, '}');
     return incr;
 }
 
@@ -354,7 +360,7 @@ static void add_string_array(lua_State *L, sx_buf *b, int arg, const char *name)
             sx_argerror(L, arg, "%s: expected a sequence, found a hole at [%d]", name, (int)i);
         lua_pop(L, 1);
     }
-    add_raw(L, b, "[");
+    add_char(L, b, '[');
     for (i = 1; i <= n; i++) {
         size_t len;
         const char *s;
@@ -366,11 +372,11 @@ static void add_string_array(lua_State *L, sx_buf *b, int arg, const char *name)
         if (len == 0)
             sx_argerror(L, arg, "%s[%d]: empty tag", name, (int)i);
         if (i > 1)
-            add_raw(L, b, ",");
+            add_char(L, b, ',');
         add_json_string(L, b, s, len, arg, "", name);
         lua_pop(L, 1);
     }
-    add_raw(L, b, "]");
+    add_char(L, b, ']');
 }
 
 /* ---------------------------------------------------------------------------
@@ -384,18 +390,23 @@ typedef struct field {
     const char *alias; /* the snake_case spelling, or NULL */
     ftype type;
     const char *key;   /* ',"name":' as written after another field */
+    size_t namelen, aliaslen;
 } field;
 
+#define FIELD(n, t) { n, NULL, t, ",\"" n "\":", sizeof(n) - 1, 0 }
+#define FIELD2(n, a, t) { n, a, t, ",\"" n "\":", sizeof(n) - 1, sizeof(a) - 1 }
+#define FIELD_END { NULL, NULL, T_STRING, NULL, 0, 0 }
+
 static const field identify_fields[] = {
-    { "email", NULL, T_EMAIL, ",\"email\":" },
-    { "firstName", "first_name", T_STRING, ",\"firstName\":" },
-    { "lastName", "last_name", T_STRING, ",\"lastName\":" },
-    { "company", NULL, T_STRING, ",\"company\":" },
-    { "newEmail", "new_email", T_EMAIL, ",\"newEmail\":" },
-    { "birthday", NULL, T_DATE, ",\"birthday\":" },
-    { "customFields", "custom_fields", T_OBJECT, ",\"customFields\":" },
-    { "tags", NULL, T_ARRAY, ",\"tags\":" },
-    { NULL, NULL, T_STRING, NULL },
+    FIELD("email", T_EMAIL),
+    FIELD2("firstName", "first_name", T_STRING),
+    FIELD2("lastName", "last_name", T_STRING),
+    FIELD("company", T_STRING),
+    FIELD2("newEmail", "new_email", T_EMAIL),
+    FIELD("birthday", T_DATE),
+    FIELD2("customFields", "custom_fields", T_OBJECT),
+    FIELD("tags", T_ARRAY),
+    FIELD_END,
 };
 
 static const char *const identify_names[] = {
@@ -404,9 +415,9 @@ static const char *const identify_names[] = {
 };
 
 static const field track_fields[] = {
-    { "addTags", "add_tags", T_ARRAY, ",\"addTags\":" },
-    { "removeTags", "remove_tags", T_ARRAY, ",\"removeTags\":" },
-    { NULL, NULL, T_STRING, NULL },
+    FIELD2("addTags", "add_tags", T_ARRAY),
+    FIELD2("removeTags", "remove_tags", T_ARRAY),
+    FIELD_END,
 };
 
 static const char *const track_names[] = {
@@ -415,9 +426,9 @@ static const char *const track_names[] = {
 
 #define MAX_FIELDS 8
 
-static int same(const char *k, size_t klen, const char *name)
+static int same(const char *k, size_t klen, const char *name, size_t namelen)
 {
-    return k[0] == name[0] && strlen(name) == klen && memcmp(k, name, klen) == 0;
+    return klen == namelen && memcmp(k, name, klen) == 0;
 }
 
 /* The one pass over the user's table: every key must name a field, in one
@@ -440,9 +451,9 @@ static int collect_fields(lua_State *L, int idx, int arg, const field *fields,
             sx_argerror(L, arg, "unexpected key %s (fields are named)", describe_key(L, -2));
         k = lua_tolstring(L, -2, &klen);
         for (i = 0; i < n && hit == NULL; i++) {
-            if (same(k, klen, fields[i].name))
+            if (same(k, klen, fields[i].name, fields[i].namelen))
                 hit = fields[i].name;
-            else if (fields[i].alias != NULL && same(k, klen, fields[i].alias))
+            else if (fields[i].alias != NULL && same(k, klen, fields[i].alias, fields[i].aliaslen))
                 hit = fields[i].alias;
         }
         if (hit == NULL)
@@ -458,9 +469,11 @@ static int collect_fields(lua_State *L, int idx, int arg, const field *fields,
 }
 
 /* Writes '"name":', preceded by a comma unless it is the first member. */
-static void add_key(lua_State *L, sx_buf *b, const char *key, int *first)
+static void add_key(lua_State *L, sx_buf *b, const field *f, int *first)
 {
-    add_raw(L, b, key + *first);
+    size_t skip = (size_t)*first;
+    if (sx_buf_add(b, f->key + skip, f->namelen + 4 - skip) != 0)
+        MEMERR(L);
     *first = 0;
 }
 
@@ -505,16 +518,16 @@ int sx_encode_identify(lua_State *L, int idx, int arg, sx_api api, sx_buf *b)
     if (api == SX_API_REST && !lua_isnil(L, base + 5))
         sx_argerror(L, arg, "birthday: not accepted by api 'rest' (legacy only)");
     sx_buf_reset(b);
-    add_raw(L, b, "{");
+    add_char(L, b, '{');
     for (i = 0; identify_fields[i].name != NULL; i++) {
         if (lua_isnil(L, base + i))
             continue;
         lua_pushvalue(L, base + i);
-        add_key(L, b, identify_fields[i].key, &first);
+        add_key(L, b, &identify_fields[i], &first);
         incr |= add_field(L, b, arg, &identify_fields[i]);
         lua_pop(L, 1);
     }
-    add_raw(L, b, "}");
+    add_char(L, b, '}');
     lua_settop(L, base - 1);
     return incr;
 }
@@ -529,13 +542,13 @@ void sx_encode_track(lua_State *L, int idx, int arg, const char *email,
     luaL_checkstack(L, MAX_FIELDS + 8, NULL);
     base = collect_fields(L, idx, arg, track_fields, track_names);
     sx_buf_reset(b);
-    add_raw(L, b, "{");
+    add_char(L, b, '{');
     if (email != NULL) {
-        add_key(L, b, ",\"email\":", &first);
+        add_key(L, b, &identify_fields[0], &first); /* "email" */
         add_json_string(L, b, email, email_len, arg, "", "email");
     }
     for (i = 0; track_fields[i].name != NULL; i++) {
-        add_key(L, b, track_fields[i].key, &first);
+        add_key(L, b, &track_fields[i], &first);
         if (lua_isnil(L, base + i)) {
             add_raw(L, b, "[]");
             continue;
@@ -544,7 +557,7 @@ void sx_encode_track(lua_State *L, int idx, int arg, const char *email,
         add_string_array(L, b, arg, track_fields[i].name);
         lua_pop(L, 1);
     }
-    add_raw(L, b, "}");
+    add_char(L, b, '}');
     lua_settop(L, base - 1);
 }
 
