@@ -1,8 +1,6 @@
 /* buffer.c - the growable buffer behind request bodies and responses. */
 #include "buffer.h"
 
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 
 int sx_buf_reserve(sx_buf *b, size_t extra)
@@ -24,22 +22,6 @@ int sx_buf_reserve(sx_buf *b, size_t extra)
         return -1;
     b->data = p;
     b->cap = cap;
-    return 0;
-}
-
-int sx_buf_addf(sx_buf *b, const char *fmt, ...)
-{
-    va_list ap;
-    int n;
-    va_start(ap, fmt);
-    n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0 || sx_buf_reserve(b, (size_t)n + 1) != 0)
-        return -1;
-    va_start(ap, fmt);
-    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    b->len += (size_t)n;
     return 0;
 }
 

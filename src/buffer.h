@@ -13,11 +13,6 @@ typedef struct sx_buf {
 
 /* All return 0 on success and -1 when memory could not be had. */
 int sx_buf_reserve(sx_buf *b, size_t extra);
-int sx_buf_addf(sx_buf *b, const char *fmt, ...)
-#ifdef __GNUC__
-    __attribute__((format(printf, 2, 3)))
-#endif
-    ;
 /* NUL-terminates without counting the terminator in len. */
 int sx_buf_cstr(sx_buf *b);
 void sx_buf_free(sx_buf *b);
