@@ -253,9 +253,10 @@ static void check_options(lua_State *L, int arg, options *o)
     if (o->plain_http && o->proxy != NULL && proxy_on_loopback(o->proxy) != 1)
         sx_argerror(L, arg, "proxy: must be on loopback when base_url is plain http");
     if (o->ca_file != NULL) {
-        if ((f = fopen(o->ca_file, "rb")) == NULL)
+        if ((f = fopen(o->ca_file, "rb")) != NULL)
+            fclose(f);
+        else
             sx_argerror(L, arg, "ca_file: cannot open '%s'", o->ca_file);
-        fclose(f);
     }
 }
 
