@@ -1,5 +1,4 @@
 -- Shared helpers for the busted specs.
-local cjson = require "cjson"
 
 local helpers = {}
 
@@ -19,10 +18,6 @@ function helpers.seed_contact()
     customFields = { Designation = "Software Engineer", Age = 27, Team = "API" },
     tags = { "Developer", "Tech" },
   }
-end
-
-function helpers.decode(s)
-  return cjson.decode(s)
 end
 
 -- The error message raised by f(...), or nil when it did not raise.
