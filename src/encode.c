@@ -29,6 +29,15 @@ int sx_argerror(lua_State *L, int arg, const char *fmt, ...)
     va_end(ap);
     if (arg == 0) /* not about an argument: e.g. an environment variable */
         return luaL_error(L, "sendx: %s", lua_tostring(L, -1));
+    if (arg >= SX_ARG_NAMED) { /* called on behalf of a Lua wrapper: see encode.h */
+        static const char *const names[] = { "?", "identify", "track" };
+        int fn = (arg >> 8) & 3;
+        luaL_where(L, 2); /* the user's code: level 1 is the Lua wrapper */
+        lua_pushfstring(L, "bad argument #%d to '%s' (%s)", arg & 0xff, names[fn == 3 ? 0 : fn],
+                        lua_tostring(L, -2));
+        lua_concat(L, 2);
+        return lua_error(L);
+    }
     return luaL_argerror(L, arg, lua_tostring(L, -1));
 }
 
@@ -561,12 +570,12 @@ void sx_encode_track(lua_State *L, int idx, int arg, const char *email,
     lua_settop(L, base - 1);
 }
 
-const char *sx_check_email(lua_State *L, int arg, size_t *len)
+const char *sx_check_email(lua_State *L, int idx, int arg, size_t *len)
 {
     const char *s;
-    if (lua_type(L, arg) != LUA_TSTRING)
-        sx_argerror(L, arg, "email: expected string, got %s", luaL_typename(L, arg));
-    s = lua_tolstring(L, arg, len);
+    if (lua_type(L, idx) != LUA_TSTRING)
+        sx_argerror(L, arg, "email: expected string, got %s", luaL_typename(L, idx));
+    s = lua_tolstring(L, idx, len);
     if (*len == 0)
         sx_argerror(L, arg, "email: must not be empty");
     if (strlen(s) != *len || strpbrk(s, "\r\n") != NULL)

@@ -23,15 +23,20 @@ int sx_encode_identify(lua_State *L, int idx, int arg, sx_api api, sx_buf *b);
 void sx_encode_track(lua_State *L, int idx, int arg, const char *email,
                      size_t email_len, sx_buf *b);
 
-/* Checks the string argument `arg` as a contact e-mail that will travel in a
- * URL or header: non-empty, valid UTF-8, no CR, LF or NUL. */
-const char *sx_check_email(lua_State *L, int arg, size_t *len);
+/* Checks the value at `idx` (argument `arg`) as a contact e-mail that will
+ * travel in a URL or header: a non-empty string, valid UTF-8, no CR, LF or NUL. */
+const char *sx_check_email(lua_State *L, int idx, int arg, size_t *len);
 
 /* 1 when s[0..len) is valid UTF-8. */
 int sx_utf8_valid(const char *s, size_t len);
 
 /* Raises "bad argument #arg to 'f' (<formatted message>)", or with arg 0
- * "sendx: <formatted message>". */
+ * "sendx: <formatted message>". An `arg` made by SX_ARG_IDENTIFY/SX_ARG_TRACK
+ * names the argument of that call whatever the Lua call frame says: the
+ * OpenResty transport's Lua wrappers call the encoder through a bridge. */
+#define SX_ARG_NAMED 0x100
+#define SX_ARG_IDENTIFY(n) (0x100 | (n))
+#define SX_ARG_TRACK(n) (0x200 | (n))
 int sx_argerror(lua_State *L, int arg, const char *fmt, ...);
 
 /* Raises the "unknown field" error for `key`, suggesting the nearest of the

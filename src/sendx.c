@@ -32,6 +32,11 @@ typedef struct sx_client {
     sx_buf team;         /* team id, NUL-terminated; empty for rest */
     sx_buf url;          /* scratch: the request URL */
     sx_buf body;         /* scratch: the request body */
+    sx_buf auth;         /* the auth header line, for the OpenResty transport */
+    sx_buf ua;           /* the User-Agent, likewise */
+    size_t path_off;     /* where the path starts in base ("https://host" before) */
+    long timeout_ms, connect_timeout_ms;
+    int has_ca_file, has_proxy;
     char key_tail[8];    /* what tostring may show of the key */
     const char *missing; /* default client without credentials: why */
 } sx_client;
@@ -207,6 +212,8 @@ static const char *base_url_problem(const char *url, int *plain)
     *plain = 0;
     if (strpbrk(url, "?#") != NULL) /* even empty: the path is appended to it */
         return "must not have a query or fragment";
+    if (strncasecmp(url, "https://", 8) != 0 && strncasecmp(url, "http://", 7) != 0)
+        return "must start with https:// (or http:// for loopback)";
     if ((u = curl_url()) == NULL)
         return "not enough memory";
     if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
@@ -264,14 +271,25 @@ static void check_options(lua_State *L, int arg, options *o)
  * The client
  * ------------------------------------------------------------------------ */
 
-static sx_client *check_client(lua_State *L, int idx)
+/* The open client at idx, or an error blamed on the code `level` frames up
+ * (1: the caller of this C function; 2: for the OpenResty bridge, whose
+ * caller is a Lua wrapper). */
+static sx_client *check_client_at(lua_State *L, int idx, int level)
 {
     sx_client *c = luaL_checkudata(L, idx, CLIENT_MT);
-    if (!c->open && c->missing == NULL)
-        luaL_error(L, "sendx: client is closed");
-    if (c->missing != NULL)
-        luaL_error(L, "%s", c->missing);
+    const char *why = c->missing != NULL ? c->missing : !c->open ? "sendx: client is closed" : NULL;
+    if (why != NULL) {
+        luaL_where(L, level);
+        lua_pushstring(L, why);
+        lua_concat(L, 2);
+        lua_error(L);
+    }
     return c;
+}
+
+static sx_client *check_client(lua_State *L, int idx)
+{
+    return check_client_at(L, idx, 1);
 }
 
 static void client_release(sx_client *c)
@@ -284,6 +302,10 @@ static void client_release(sx_client *c)
     sx_buf_free(&c->team);
     sx_buf_free(&c->url);
     sx_buf_free(&c->body);
+    if (c->auth.data != NULL)
+        memset(c->auth.data, 0, c->auth.cap); /* no copy of the key left in freed memory */
+    sx_buf_free(&c->auth);
+    sx_buf_free(&c->ua);
 }
 
 static void set_key_tail(sx_client *c, const char *key)
@@ -309,19 +331,23 @@ static void client_open(lua_State *L, sx_client *c, const options *o)
     char ua[160];
     size_t blen;
     int opened;
+    const char *authority;
     const char *base = o->base_url ? o->base_url : (o->api == SX_API_REST ? REST_BASE : LEGACY_BASE);
     for (blen = strlen(base); blen > 0 && base[blen - 1] == '/'; blen--)
         ;
     copy_cstr(L, &c->base, base, blen);
+    authority = strstr(c->base.data, "://") + 3; /* base_url_problem made sure */
+    c->path_off = (size_t)(authority - c->base.data) + strcspn(authority, "/");
     copy_cstr(L, &c->team, o->team_id ? o->team_id : "", o->team_id ? strlen(o->team_id) : 0);
     snprintf(ua, sizeof ua, "sendx/%s (%s; libcurl/%s)", SENDX_VERSION, LUA_VERSION,
              curl_version_info(CURLVERSION_NOW)->version);
-    sx_buf_reset(&c->url); /* the auth header is built in the url scratch */
-    if (sx_buf_adds(&c->url, o->api == SX_API_REST ? "X-Team-ApiKey: " : "api_key: ") != 0 ||
-        sx_buf_adds(&c->url, o->api_key) != 0 || sx_buf_cstr(&c->url) != 0)
+    if (sx_buf_adds(&c->auth, o->api == SX_API_REST ? "X-Team-ApiKey: " : "api_key: ") != 0 ||
+        sx_buf_adds(&c->auth, o->api_key) != 0 || sx_buf_cstr(&c->auth) != 0)
         MEMERR(L);
-    co.auth_header = c->url.data;
-    co.user_agent = o->user_agent ? o->user_agent : ua;
+    copy_cstr(L, &c->ua, o->user_agent ? o->user_agent : ua,
+              strlen(o->user_agent ? o->user_agent : ua));
+    co.auth_header = c->auth.data;
+    co.user_agent = c->ua.data;
     co.ca_file = o->ca_file;
     co.proxy = o->proxy;
     co.no_env_proxy = o->plain_http; /* see check_options */
@@ -330,11 +356,14 @@ static void client_open(lua_State *L, sx_client *c, const options *o)
     co.max_retry_wait_ms = o->max_retry_wait_ms;
     co.retries = o->retries;
     opened = sx_conn_open(&c->conn, &co);
-    memset(c->url.data, 0, c->url.len); /* leave no copy of the key behind */
     if (opened != 0)
         luaL_error(L, "sendx: libcurl could not be initialised");
     c->open = 1;
     c->api = o->api;
+    c->timeout_ms = o->timeout_ms;
+    c->connect_timeout_ms = o->connect_timeout_ms;
+    c->has_ca_file = o->ca_file != NULL;
+    c->has_proxy = o->proxy != NULL;
     set_key_tail(c, o->api_key);
 }
 
@@ -503,18 +532,11 @@ static int push_failure(lua_State *L, const sx_result *r, sx_kind kind, const ch
     return 3;
 }
 
-/* Turns what the transport saw into the call's results. The body and
- * libcurl's message are copied into Lua strings before anything else: a
- * finalizer run by a later allocation may use (or close) this client. */
-static int push_outcome(lua_State *L, sx_client *c, const sx_result *r)
+/* Turns what a transport saw into the call's results; `body` is the index of
+ * the raw body (a string, or nil when none came). */
+static int push_result(lua_State *L, int body, const sx_result *r)
 {
-    int body, msg;
-    const sx_buf *raw = &c->conn.response;
-    if (raw->len > 0)
-        lua_pushlstring(L, raw->data, raw->len);
-    else
-        lua_pushnil(L);
-    body = lua_gettop(L);
+    int msg;
     lua_pushstring(L, r->message); /* nil when NULL */
     msg = lua_gettop(L);
     lua_pushnil(L); /* no decoded response (yet) */
@@ -543,6 +565,18 @@ static int push_outcome(lua_State *L, sx_client *c, const sx_result *r)
     return 1;
 }
 
+/* The body and libcurl's message are copied into Lua strings before anything
+ * else: a finalizer run by a later allocation may use (or close) this client. */
+static int push_outcome(lua_State *L, sx_client *c, const sx_result *r)
+{
+    const sx_buf *raw = &c->conn.response;
+    if (raw->len > 0 && !c->conn.too_large) /* a truncated body is of no use */
+        lua_pushlstring(L, raw->data, raw->len);
+    else
+        lua_pushnil(L);
+    return push_result(L, lua_gettop(L), r);
+}
+
 static int send_request(lua_State *L, sx_client *c, const char *url, int idempotent)
 {
     sx_result r;
@@ -559,7 +593,7 @@ static int do_identify(lua_State *L, sx_client *c, int arg)
 static int do_track(lua_State *L, sx_client *c, int arg)
 {
     size_t elen;
-    const char *email = sx_check_email(L, arg, &elen);
+    const char *email = sx_check_email(L, arg, arg, &elen);
     sx_encode_track(L, arg + 1, arg + 1, c->api == SX_API_REST ? email : NULL, elen, &c->body);
     return send_request(L, c, build_url(L, c, "track", email, elen), 1);
 }
@@ -601,7 +635,7 @@ static int l_client_encode_track(lua_State *L)
     sx_client *c = check_client(L, 1);
     sx_buf *b = scratch(L);
     size_t elen;
-    const char *email = sx_check_email(L, 2, &elen);
+    const char *email = sx_check_email(L, 2, 2, &elen);
     sx_encode_track(L, 3, 3, c->api == SX_API_REST ? email : NULL, elen, b);
     lua_pushlstring(L, b->data, b->len);
     return 1;
@@ -656,8 +690,8 @@ static int l_configure(lua_State *L)
     return 0;
 }
 
-/* The default client, configured from the environment on first use. */
-static sx_client *default_client(lua_State *L)
+/* Pushes the default client, configured from the environment on first use. */
+static void push_default(lua_State *L)
 {
     lua_getfield(L, LUA_REGISTRYINDEX, DEFAULT_KEY);
     if (lua_isnil(L, -1)) {
@@ -665,6 +699,11 @@ static sx_client *default_client(lua_State *L)
         lua_pop(L, 1);
         lua_getfield(L, LUA_REGISTRYINDEX, DEFAULT_KEY);
     }
+}
+
+static sx_client *default_client(lua_State *L)
+{
+    push_default(L);
     return check_client(L, -1);
 }
 
@@ -708,6 +747,192 @@ static int l_buffer_gc(lua_State *L)
 {
     sx_buf_free(luaL_checkudata(L, 1, BUFFER_MT));
     return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * The OpenResty bridge: what src/sendx/resty.lua needs to send requests over
+ * nginx cosockets with this module's validation, encoder, retry policy and
+ * results. Handed to that file only, never put in the module table.
+ * ------------------------------------------------------------------------ */
+
+/* bridge.default() -> the module's default client */
+static int l_bridge_default(lua_State *L)
+{
+    lua_settop(L, 0);
+    push_default(L);
+    check_client_at(L, -1, 2);
+    return 1;
+}
+
+/* bridge.target(client) -> table: where and how this client connects */
+static int l_bridge_target(lua_State *L)
+{
+    sx_client *c = check_client(L, 1);
+    CURLU *u = curl_url();
+    char *host = NULL, *port = NULL, *scheme = NULL;
+    int ok = u != NULL && curl_url_set(u, CURLUPART_URL, c->base.data, 0) == CURLUE_OK &&
+             curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+             curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+             curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK;
+    if (ok) {
+        lua_createtable(L, 0, 12);
+        lua_pushstring(L, scheme);
+        lua_setfield(L, -2, "scheme");
+        lua_pushstring(L, host);
+        lua_setfield(L, -2, "host");
+        lua_pushinteger(L, atoi(port));
+        lua_setfield(L, -2, "port");
+    }
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(port);
+    curl_url_cleanup(u);
+    if (!ok)
+        return MEMERR(L);
+    lua_pushlstring(L, c->base.data + c->path_off, c->base.len - c->path_off);
+    lua_setfield(L, -2, "base_path");
+    lua_pushlstring(L, c->auth.data, c->auth.len);
+    lua_setfield(L, -2, "auth");
+    lua_pushlstring(L, c->ua.data, c->ua.len);
+    lua_setfield(L, -2, "user_agent");
+    lua_pushinteger(L, c->timeout_ms);
+    lua_setfield(L, -2, "timeout_ms");
+    lua_pushinteger(L, c->connect_timeout_ms);
+    lua_setfield(L, -2, "connect_timeout_ms");
+    lua_pushinteger(L, c->conn.retries);
+    lua_setfield(L, -2, "retries");
+    lua_pushboolean(L, c->has_ca_file);
+    lua_setfield(L, -2, "ca_file");
+    lua_pushboolean(L, c->has_proxy);
+    lua_setfield(L, -2, "proxy");
+    return 1;
+}
+
+/* The path (and query) of the request URL built in c->url. */
+static void push_path(lua_State *L, sx_client *c)
+{
+    lua_pushlstring(L, c->url.data + c->path_off, c->url.len - c->path_off);
+}
+
+/* bridge.identify(client, contact) -> path, body, idempotent */
+static int l_bridge_identify(lua_State *L)
+{
+    sx_client *c = check_client_at(L, 1, 2);
+    int incr = sx_encode_identify(L, 2, SX_ARG_IDENTIFY(1), c->api, &c->body);
+    build_url(L, c, "identify", NULL, 0);
+    push_path(L, c);
+    lua_pushlstring(L, c->body.data, c->body.len);
+    lua_pushboolean(L, !incr);
+    return 3;
+}
+
+/* bridge.track(client, email, changes) -> path, body */
+static int l_bridge_track(lua_State *L)
+{
+    sx_client *c = check_client_at(L, 1, 2);
+    size_t elen;
+    const char *email = sx_check_email(L, 2, SX_ARG_TRACK(1), &elen);
+    sx_encode_track(L, 3, SX_ARG_TRACK(2), c->api == SX_API_REST ? email : NULL, elen, &c->body);
+    build_url(L, c, "track", email, elen);
+    push_path(L, c);
+    lua_pushlstring(L, c->body.data, c->body.len);
+    return 2;
+}
+
+static const char *const bridge_kinds[] = { "ok", "network", "timeout", "tls", "too_large", NULL };
+
+/* bridge.outcome(kind, status, body, message, attempts, retryable) -> the
+ * call's results. kind "ok" means a response came; its status decides. */
+static int l_bridge_outcome(lua_State *L)
+{
+    static const sx_kind kinds[] = { SX_OK, SX_NETWORK, SX_TIMEOUT, SX_TLS, SX_HTTP };
+    sx_result r;
+    int k = luaL_checkoption(L, 1, NULL, bridge_kinds);
+    memset(&r, 0, sizeof r);
+    r.kind = kinds[k];
+    r.status = (long)luaL_optinteger(L, 2, 0);
+    r.code = k == 4 ? CURLE_WRITE_ERROR : CURLE_OK;
+    if (k == 0 && !(r.status >= 200 && r.status < 300))
+        r.kind = SX_HTTP;
+    r.message = luaL_optstring(L, 4, NULL);
+    r.attempts = (int)luaL_checkinteger(L, 5);
+    r.retryable = lua_toboolean(L, 6);
+    lua_settop(L, 3);
+    return push_result(L, 3, &r);
+}
+
+/* bridge.retryable(kind, status, not_sent, idempotent) -> boolean */
+static int l_bridge_retryable(lua_State *L)
+{
+    static const sx_kind kinds[] = { SX_OK, SX_NETWORK, SX_TIMEOUT, SX_TLS, SX_HTTP };
+    int k = luaL_checkoption(L, 1, NULL, bridge_kinds);
+    long status = (long)luaL_optinteger(L, 2, 0);
+    sx_kind kind = k == 0 && !(status >= 200 && status < 300) ? SX_HTTP : kinds[k];
+    lua_pushboolean(L, k != 4 && kind != SX_OK &&
+                           sx_retryable(kind, status, lua_toboolean(L, 3), lua_toboolean(L, 4)));
+    return 1;
+}
+
+/* bridge.backoff(client, attempt, retry_after) -> seconds to wait before
+ * the next attempt; retry_after is the response's header value, or nil */
+static int l_bridge_backoff(lua_State *L)
+{
+    sx_client *c = check_client(L, 1);
+    int attempt = (int)luaL_checkinteger(L, 2);
+    size_t len = 0;
+    const char *ra = luaL_optlstring(L, 3, NULL, &len);
+    long ms = sx_backoff_ms(attempt, ra ? sx_retry_after_ms(ra, len) : -1,
+                            c->conn.max_retry_wait_ms, &c->conn.rng);
+    lua_pushnumber(L, (lua_Number)ms / 1000.0);
+    return 1;
+}
+
+static const luaL_Reg bridge_functions[] = {
+    { "default", l_bridge_default },
+    { "target", l_bridge_target },
+    { "identify", l_bridge_identify },
+    { "track", l_bridge_track },
+    { "outcome", l_bridge_outcome },
+    { "retryable", l_bridge_retryable },
+    { "backoff", l_bridge_backoff },
+    { NULL, NULL },
+};
+
+/* Inside nginx (an `ngx` table with cosockets), hands the module table, the
+ * client methods and the bridge to sendx.resty, which installs the
+ * non-blocking calls. Expects the module table on top, upvalues below it. */
+static void install_resty(lua_State *L)
+{
+    int module = lua_gettop(L), usable;
+    lua_getglobal(L, "ngx");
+    usable = lua_istable(L, -1);
+    if (usable) {
+        lua_getfield(L, -1, "socket");
+        usable = lua_istable(L, -1);
+        if (usable) {
+            lua_getfield(L, -1, "tcp");
+            usable = lua_isfunction(L, -1);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    if (!usable)
+        return;
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "sendx.resty");
+    if (lua_pcall(L, 1, 1, 0) != 0)
+        luaL_error(L, "sendx: inside nginx the module needs its Lua part, sendx/resty.lua, "
+                      "on lua_package_path: %s", lua_tostring(L, -1));
+    lua_pushvalue(L, module);
+    luaL_getmetatable(L, CLIENT_MT);
+    lua_getfield(L, -1, "__index");
+    lua_replace(L, -2);
+    lua_newtable(L);
+    lua_pushvalue(L, module - 2); /* the shared upvalues */
+    lua_pushvalue(L, module - 1);
+    luaL_setfuncs(L, bridge_functions, 2);
+    lua_call(L, 3, 0);
 }
 
 /* ---------------------------------------------------------------------------
@@ -790,9 +1015,11 @@ SENDX_EXPORT int luaopen_sendx(lua_State *L)
     push_upvalues(L);
     create_metatable(L);
     lua_newtable(L);
-    lua_insert(L, -3);
+    lua_pushvalue(L, -3);
+    lua_pushvalue(L, -3);
     luaL_setfuncs(L, module_functions, 2);
     lua_pushliteral(L, SENDX_VERSION);
     lua_setfield(L, -2, "version");
+    install_resty(L);
     return 1;
 }

@@ -47,8 +47,7 @@ static size_t on_body(char *data, size_t size, size_t n, void *ud)
     return sx_buf_add(&c->response, data, len) == 0 ? len : 0;
 }
 
-/* Retry-After: delta-seconds or an HTTP date; -1 when unusable. */
-static long parse_retry_after(const char *v, size_t len)
+long sx_retry_after_ms(const char *v, size_t len)
 {
     char tmp[64];
     char *end;
@@ -80,7 +79,7 @@ static size_t on_header(char *data, size_t size, size_t n, void *ud)
     if (len >= 5 && memcmp(data, "HTTP/", 5) == 0)
         c->retry_after_ms = -1; /* a new response (after 100, or a proxy's) */
     else if (len > sizeof name - 1 && strncasecmp(data, name, sizeof name - 1) == 0)
-        c->retry_after_ms = parse_retry_after(data + sizeof name - 1, len - (sizeof name - 1));
+        c->retry_after_ms = sx_retry_after_ms(data + sizeof name - 1, len - (sizeof name - 1));
     return len;
 }
 
@@ -251,14 +250,13 @@ static int classify(sx_conn *c, CURLcode rc, sx_result *r)
     return sent == 0;
 }
 
-static int retryable(const sx_result *r, int not_sent, int idempotent)
+int sx_retryable(sx_kind kind, long status, int not_sent, int idempotent)
 {
-    int transient = r->kind == SX_NETWORK || r->kind == SX_TIMEOUT ||
-                    (r->kind == SX_HTTP && r->code == CURLE_OK &&
-                     (r->status == 408 || r->status == 429 || r->status >= 500));
+    int transient = kind == SX_NETWORK || kind == SX_TIMEOUT ||
+                    (kind == SX_HTTP && (status == 408 || status == 429 || status >= 500));
     if (!transient)
         return 0;
-    return idempotent || not_sent || r->status == 429;
+    return idempotent || not_sent || status == 429;
 }
 
 void sx_conn_post(sx_conn *c, const char *url, const char *body, size_t len,
@@ -285,7 +283,8 @@ void sx_conn_post(sx_conn *c, const char *url, const char *body, size_t len,
         rc = curl_easy_perform(c->curl);
         not_sent = classify(c, rc, r);
         r->attempts = attempt;
-        r->retryable = r->kind != SX_OK && retryable(r, not_sent, idempotent);
+        r->retryable = r->kind != SX_OK && !c->too_large &&
+                       sx_retryable(r->kind, r->status, not_sent, idempotent);
         if (!r->retryable || attempt > c->retries)
             return;
         sleep_ms(sx_backoff_ms(attempt, c->retry_after_ms, c->max_retry_wait_ms, &c->rng));

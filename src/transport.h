@@ -70,6 +70,14 @@ void sx_conn_close(sx_conn *c);
 void sx_conn_post(sx_conn *c, const char *url, const char *body, size_t len,
                   int idempotent, sx_result *r);
 
+/* 1 when a failed attempt may be repeated: a transient failure (network,
+ * timeout, HTTP 408, 429 or 5xx), and the request is idempotent, surely never
+ * reached the server (not_sent), or was refused with 429. */
+int sx_retryable(sx_kind kind, long status, int not_sent, int idempotent);
+
+/* A Retry-After value (delta-seconds or HTTP date) in ms; -1 when unusable. */
+long sx_retry_after_ms(const char *v, size_t len);
+
 /* The wait before attempt `attempt + 1` (attempt >= 1): exponential backoff
  * with jitter, never below retry_after_ms (clamped to max_wait_ms). */
 long sx_backoff_ms(int attempt, long retry_after_ms, long max_wait_ms, unsigned *rng);
