@@ -36,5 +36,7 @@ build = {
       libdirs = { "$(CURL_LIBDIR)" },
       libraries = { "curl", "pthread" },
     },
+    -- the OpenResty transport, loaded by the C module inside nginx
+    ["sendx.resty"] = "src/sendx/resty.lua",
   },
 }

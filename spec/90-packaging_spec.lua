@@ -1,6 +1,7 @@
 -- The rockspec and `make install` produce a module that loads.
 local lua = os.getenv("SENDX_TEST_LUA") or "lua5.4"
-local version = lua:match("lua(%d%.%d)$") or "5.4"
+local target = os.getenv("SENDX_TEST_LUA_VERSION") or "5.4" -- the Makefile's LUA_VERSION
+local version = target == "jit" and "5.1" or target           -- the ABI: LuaJIT loads 5.1 modules
 
 local run = require("spec.helpers").run
 
@@ -12,6 +13,12 @@ local function tmpdir()
 end
 
 -- Loads sendx with dir as the only C search path, so it cannot come from elsewhere.
+-- The OpenResty transport was installed next to the module's Lua path, unchanged.
+local function has_resty(share)
+  local function read(f) local h = io.open(f) if not h then return nil end local s = h:read("*a") h:close() return s end
+  assert.equal(read("src/sendx/resty.lua"), read(share .. "/sendx/resty.lua"), "sendx/resty.lua in " .. share)
+end
+
 local function loads_from(dir)
   return run(string.format("%s -e 'require \"cjson\" package.cpath = \"%s/?.so\" print(require(\"sendx\").version)'",
     lua, dir))
@@ -29,15 +36,17 @@ describe("packaging", function()
     rc, out = loads_from(tree .. "/lib/lua/" .. version)
     assert.equal(0, rc, out)
     assert.matches("^%d+%.%d+%.%d+", out)
+    has_resty(tree .. "/share/lua/" .. version)
   end)
 
   it("installs with make install, honouring PREFIX and DESTDIR", function()
     local dest = tmpdir()
     finally(function() os.execute("rm -rf " .. dest) end)
-    local rc, out = run(string.format("make -s install LUA_VERSION=%s PREFIX=/opt/x DESTDIR=%s", version, dest))
+    local rc, out = run(string.format("make -s install LUA_VERSION=%s PREFIX=/opt/x DESTDIR=%s", target, dest))
     assert.equal(0, rc, out)
     rc, out = loads_from(dest .. "/opt/x/lib/lua/" .. version)
     assert.equal(0, rc, out)
+    has_resty(dest .. "/opt/x/share/lua/" .. version)
   end)
 
   it("lists the same sources in the rockspec and the Makefile", function()

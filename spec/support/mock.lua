@@ -165,12 +165,15 @@ local function substitute(template, vars)
 end
 
 function Mock:_write_conf()
-  local conf = assert(read_file(LUA_DIR .. "/nginx.conf.in"), "missing nginx.conf.in")
+  local template = self.template or (LUA_DIR .. "/nginx.conf.in")
+  local conf = assert(read_file(template), "missing " .. template)
   if self.tls then conf = conf:gsub("\n#@tls", "\n") end
-  write_file(self.prefix .. "/nginx.conf", substitute(conf, {
+  local vars = {
     PREFIX = self.prefix, PORT = self.port, TLS_PORT = self.tls_port, LUA_DIR = LUA_DIR,
     API_KEY = self.api_key, TEAM_ID = self.team_id,
-  }))
+  }
+  for k, v in pairs(self.vars or {}) do vars[k] = v end
+  write_file(self.prefix .. "/nginx.conf", substitute(conf, vars))
 end
 
 function Mock:_set_urls()
@@ -219,7 +222,7 @@ function Mock:_launch()
   -- _terminate already dropped (kill/restart) must not stop the new nginx.
   local guard
   guard = gc_guard(function()
-    if self.guard == guard then pcall(Mock.stop, self) end
+    if self.guard == guard then pcall(Mock._stop_at_exit, self) end
   end)
   self.guard = guard
   local err
@@ -259,9 +262,13 @@ end
 
 -- Public API -------------------------------------------------------------------
 
+-- opts.tls (default true); opts.template and opts.vars run another nginx
+-- configuration with the same process handling (it must answer GET
+-- /_mock/ping with {"instance": "@PREFIX@"}; spec/support/openresty does).
 function M.start(opts)
   opts = opts or {}
-  local self = setmetatable({ tls = opts.tls ~= false, api_key = M.API_KEY, team_id = M.TEAM_ID }, Mock)
+  local self = setmetatable({ tls = opts.tls ~= false, api_key = M.API_KEY, team_id = M.TEAM_ID,
+                              template = opts.template, vars = opts.vars }, Mock)
   self.prefix = capture("mktemp -d /tmp/sendx-mock.XXXXXX")
   assert(self.prefix:match("^/tmp/sendx%-mock%."), "mktemp failed")
   assert(exec("mkdir -p " .. quote(self.prefix .. "/tmp")))
@@ -296,6 +303,19 @@ function Mock:stop()
   self.stopped = true
   self:_terminate()
   exec("rm -rf " .. quote(self.prefix))
+end
+
+-- The finalizer's stop. At interpreter exit LuaJIT may already have unloaded
+-- C modules (luasocket) when finalizers run, so this uses the shell alone.
+function Mock:_stop_at_exit()
+  if self.stopped then return end
+  self.stopped = true
+  -- nginx is our child: once it exits it stays a zombie (state Z) until pclose
+  exec(string.format("p=%d; kill -TERM $p 2>/dev/null; i=0; "
+    .. "while [ $i -lt 50 ] && ! grep -qs '^[0-9]* (.*) Z' /proc/$p/stat && [ -e /proc/$p ]; do "
+    .. "sleep 0.1; i=$((i+1)); done; kill -KILL $p 2>/dev/null; rm -rf %s",
+    self.pid, quote(self.prefix)))
+  pcall(self.proc.close, self.proc)
 end
 
 function Mock:kill()

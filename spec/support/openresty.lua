@@ -1,0 +1,70 @@
+-- Runs sendx inside a real nginx with OpenResty's Lua module (Debian's
+-- nginx-light + libnginx-mod-http-lua, on LuaJIT), for spec/50-openresty_spec.lua.
+--
+--   local app = require("spec.support.openresty").start(mock) -- mock: a running mock
+--   app:run(lua_source) -> { ok = pcall's verdict, r1 = ..., r2 = ..., r3 = ... }
+--   app:get(path)       -> status, body
+--   app:stop()
+--
+-- The module comes from build/luajit (make LUA_VERSION=jit), its Lua part
+-- from src/; cosockets trust the mock's CA through lua_ssl_trusted_certificate.
+local mock = require "spec.support.mock"
+local http = require "socket.http"
+local ltn12 = require "ltn12"
+local cjson = require "cjson"
+
+local M = {}
+local App = {}
+App.__index = App
+
+local function capture(cmd)
+  local p = assert(io.popen(cmd))
+  local out = p:read("*a")
+  p:close()
+  return (out:gsub("%s+$", ""))
+end
+
+function M.start(m)
+  local root = capture("pwd")
+  local server = mock.start {
+    tls = false,
+    template = root .. "/spec/support/openresty/nginx.conf.in",
+    vars = { ROOT = root, BUILD = root .. "/build/luajit", CA_FILE = m.ca_file },
+  }
+  return setmetatable({ server = server, url = "http://127.0.0.1:" .. server.port }, App)
+end
+
+local function request(url, body)
+  local out = {}
+  local _, code = http.request {
+    url = url, method = body and "POST" or "GET", sink = ltn12.sink.table(out),
+    source = body and ltn12.source.string(body),
+    headers = body and { ["content-length"] = #body } or nil,
+  }
+  return code, table.concat(out)
+end
+
+function App:get(path)
+  return request(self.url .. path)
+end
+
+function App:run(source)
+  local code, body = request(self.url .. "/run", source)
+  assert(code == 200, "nginx answered " .. tostring(code) .. ": " .. body)
+  return cjson.decode(body)
+end
+
+-- nginx's error log (what the module or nginx complained about)
+function App:log()
+  local f = io.open(self.server.prefix .. "/error.log")
+  if not f then return "" end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+function App:stop()
+  self.server:stop()
+end
+
+return M

@@ -1,0 +1,311 @@
+-- sendx.resty - the OpenResty transport.
+--
+-- The C module loads this file when it finds itself inside nginx. It replaces
+-- identify and track (the module's and the client methods) with versions that
+-- send over nginx cosockets, so a request never blocks the nginx worker.
+-- Validation, the JSON encoder, the retry policy and the shape of the results
+-- stay in C (the bridge); this file only moves bytes and sleeps with ngx.sleep.
+
+local ngx = ngx
+local tcp = ngx.socket.tcp
+local get_phase, sleep = ngx.get_phase, ngx.sleep
+local now, update_time = ngx.now, ngx.update_time
+local concat = table.concat
+local error, tonumber, tostring, setmetatable = error, tonumber, tostring, setmetatable
+local find, lower, match, format = string.find, string.lower, string.match, string.format
+
+local MAX_BODY = 1024 * 1024 -- bytes of response body kept, as in C
+local MAX_HEADERS = 100
+local POOL_SIZE = 32         -- idle keep-alive connections per target and worker
+local IDLE_MS = 60000        -- how long an idle connection stays in the pool
+
+-- The phases in which lua-nginx-module (and its stream twin) offers cosockets.
+local COSOCKET_PHASES = {
+  rewrite = true, server_rewrite = true, access = true, content = true, timer = true,
+  ssl_cert = true, ssl_session_fetch = true, ssl_client_hello = true, preread = true,
+}
+
+local function check_phase(fname)
+  local phase = get_phase()
+  if not COSOCKET_PHASES[phase] then
+    error(format("sendx.%s cannot run in nginx's %s phase: there are no cosockets there, "
+      .. "and a blocking call would stall the worker; call it from rewrite, access or "
+      .. "content handlers, or defer it with ngx.timer.at(0, function() ... end)",
+      fname, tostring(phase)), 0)
+  end
+end
+
+-- ---------------------------------------------------------------------------
+-- Where a client connects (computed once per client)
+-- ---------------------------------------------------------------------------
+
+local function make_target(bridge, client)
+  local t = bridge.target(client)
+  if t.ca_file then
+    error("sendx: the ca_file option has no effect inside nginx: cosockets verify against "
+      .. "nginx's lua_ssl_trusted_certificate directive; set that and drop ca_file", 0)
+  end
+  if t.proxy then
+    error("sendx: the proxy option is not supported inside nginx (cosockets connect directly)", 0)
+  end
+  local default_port = t.scheme == "https" and 443 or 80
+  t.tls = t.scheme == "https"
+  t.host_header = t.port == default_port and t.host or (t.host .. ":" .. t.port)
+  -- nginx's resolver does not read /etc/hosts: localhost is loopback by
+  -- definition (RFC 6761), as libcurl treats it too
+  t.connect_host = lower(t.host) == "localhost" and "127.0.0.1" or t.host
+  t.server_name = match(t.host, "^%[(.*)%]$") or t.host
+  t.pool = format("sendx:%s:%s:%d", t.scheme, t.host, t.port)
+  t.once_pool = t.pool .. ":once" -- never given back: a fresh connection each time
+  -- the request head between the path and the body's length
+  t.head = " HTTP/1.1\r\nHost: " .. t.host_header .. "\r\nUser-Agent: " .. t.user_agent
+    .. "\r\nContent-Type: application/json\r\nAccept: application/json\r\n" .. t.auth
+    .. "\r\nContent-Length: "
+  return t
+end
+
+-- ---------------------------------------------------------------------------
+-- One HTTP/1.1 exchange over a cosocket
+-- ---------------------------------------------------------------------------
+
+-- Milliseconds left before the deadline (at least 1: settimeout(0) means "default").
+local function left(deadline)
+  update_time()
+  local ms = deadline - now() * 1000
+  return ms >= 1 and ms or nil
+end
+
+local function receive(sock, deadline, pattern)
+  local ms = left(deadline)
+  if not ms then return nil, "timeout" end
+  sock:settimeout(ms)
+  return sock:receive(pattern)
+end
+
+-- Status and lower-cased headers of the final (non-1xx) response.
+local function read_head(sock, deadline)
+  while true do
+    local line, err = receive(sock, deadline, "*l")
+    if not line then return nil, err end
+    local status = tonumber(match(line, "^HTTP/1%.%d (%d%d%d)"))
+    if not status then return nil, "malformed status line from the server" end
+    local headers, n = {}, 0
+    while true do
+      line, err = receive(sock, deadline, "*l")
+      if not line then return nil, err end
+      if line == "" then break end
+      n = n + 1
+      if n > MAX_HEADERS then return nil, "too many response headers" end
+      local name, value = match(line, "^([^:%s]+)%s*:%s*(.-)%s*$")
+      if name then headers[lower(name)] = value end
+    end
+    if status >= 200 then return status, headers end
+  end
+end
+
+local function read_chunked(sock, deadline)
+  local parts, total = {}, 0
+  while true do
+    local line, err = receive(sock, deadline, "*l")
+    if not line then return nil, err end
+    local size = tonumber(match(line, "^%s*(%x+)"), 16)
+    if not size then return nil, "malformed chunked body" end
+    if size == 0 then
+      repeat -- trailers
+        line, err = receive(sock, deadline, "*l")
+        if not line then return nil, err end
+      until line == ""
+      return concat(parts)
+    end
+    total = total + size
+    if total > MAX_BODY then return nil, "too_large" end
+    local data
+    data, err = receive(sock, deadline, size)
+    if not data then return nil, err end
+    parts[#parts + 1] = data
+    line, err = receive(sock, deadline, "*l")
+    if line ~= "" then return nil, err or "malformed chunked body" end
+  end
+end
+
+local function read_to_close(sock, deadline)
+  local parts, total = {}, 0
+  while true do
+    local ms = left(deadline)
+    if not ms then return nil, "timeout" end
+    sock:settimeout(ms)
+    local data, err = sock:receiveany(65536)
+    if not data then
+      if err == "closed" then return concat(parts) end
+      return nil, err
+    end
+    total = total + #data
+    if total > MAX_BODY then return nil, "too_large" end
+    parts[#parts + 1] = data
+  end
+end
+
+-- The body, and whether the connection may serve another request.
+local function read_body(sock, deadline, status, headers)
+  local reusable = lower(headers["connection"] or "") ~= "close"
+  if status == 204 or status == 304 then return "", reusable end
+  local te = headers["transfer-encoding"]
+  if te and find(lower(te), "chunked", 1, true) then
+    local body, err = read_chunked(sock, deadline)
+    return body, body and reusable, err
+  end
+  local len = headers["content-length"]
+  if len then
+    len = match(len, "^%d+$") and tonumber(len)
+    if not len then return nil, false, "malformed Content-Length from the server" end
+    if len > MAX_BODY then return nil, false, "too_large" end
+    if len == 0 then return "", reusable end
+    local body, err = receive(sock, deadline, len)
+    return body, body and reusable, err
+  end
+  local body, err = read_to_close(sock, deadline)
+  return body, false, err
+end
+
+local function failure_kind(err)
+  if err == "timeout" then return "timeout" end
+  if err == "too_large" then return "too_large" end
+  return "network"
+end
+
+-- Connects (or takes a pooled connection) and shakes hands. Returns the socket,
+-- or nil, kind, message.
+local function open(t, deadline, fresh)
+  local sock = tcp()
+  local ms = left(deadline)
+  if not ms then return nil, "timeout", "timeout" end
+  sock:settimeout(ms < t.connect_timeout_ms and ms or t.connect_timeout_ms)
+  local ok, err = sock:connect(t.connect_host, t.port, { pool = fresh and t.once_pool or t.pool })
+  if not ok then
+    if find(err, "no resolver defined", 1, true) then
+      error(format("sendx: nginx cannot resolve '%s': add a resolver directive to nginx.conf "
+        .. "(e.g. `resolver 127.0.0.53 ipv6=off;`, or your network's DNS server)", t.host), 0)
+    end
+    return nil, failure_kind(err), format("connect to %s:%d failed: %s", t.host, t.port, err)
+  end
+  if t.tls and sock:getreusedtimes() == 0 then
+    ms = left(deadline)
+    if not ms then sock:close() return nil, "timeout", "timeout" end
+    sock:settimeout(ms)
+    ok, err = sock:sslhandshake(false, t.server_name, true)
+    if not ok then
+      sock:close()
+      local kind = (err == "timeout" and "timeout")
+        or ((err == "closed" or find(err, "reset", 1, true)) and "network") or "tls"
+      local hint = kind == "tls" and find(err, "verify", 1, true)
+        and " (nginx verifies against lua_ssl_trusted_certificate: is it set?)" or ""
+      return nil, kind, format("TLS handshake with %s failed: %s%s", t.host, err, hint)
+    end
+  end
+  return sock
+end
+
+-- Sends the request on sock and reads the answer. Returns status, body, retry_after;
+-- or nil, kind, message, status.
+local function exchange(t, sock, deadline, path, body, idempotent)
+  local ms = left(deadline)
+  if not ms then return nil, "timeout", "timeout" end
+  sock:settimeout(ms)
+  -- cosockets copy a table's pieces before the first write: no concatenation here
+  local sent, err = sock:send { "POST ", path, t.head, #body, "\r\n\r\n", body }
+  if not sent then return nil, failure_kind(err), err end
+  local status, headers = read_head(sock, deadline)
+  if not status then return nil, failure_kind(headers), headers end
+  local resp, reusable
+  resp, reusable, err = read_body(sock, deadline, status, headers)
+  if resp and reusable and idempotent then
+    sock:setkeepalive(IDLE_MS, POOL_SIZE)
+  else
+    sock:close()
+  end
+  if not resp then
+    if err == "too_large" then return nil, "too_large", "response body larger than 1 MiB", status end
+    return nil, failure_kind(err), "reading the response failed: " .. tostring(err)
+  end
+  return status, resp, headers["retry-after"]
+end
+
+-- One attempt. Returns kind, status, body, message, not_sent, retry_after.
+local function attempt(t, path, body, idempotent)
+  update_time()
+  local deadline = now() * 1000 + t.timeout_ms
+  for _ = 1, 3 do -- a pooled connection the server closed meanwhile is replaced
+    local sock, kind, msg = open(t, deadline, not idempotent)
+    if not sock then return kind, nil, nil, msg, true end
+    local reused = sock:getreusedtimes() > 0
+    local status, resp, retry_after, st = exchange(t, sock, deadline, path, body, idempotent)
+    if status then return "ok", status, resp ~= "" and resp or nil, nil, false, retry_after end
+    kind, msg = resp, retry_after
+    if kind == "too_large" then return kind, st, nil, msg, false end
+    if not (reused and (msg == "closed" or find(msg, "reset", 1, true) or find(msg, "broken pipe", 1, true))) then
+      sock:close()
+      return kind, nil, nil, format("request to %s failed: %s", t.host, msg), false
+    end
+    sock:close()
+  end
+  return "network", nil, nil, "request to " .. t.host .. " failed: connection closed", false
+end
+
+-- ---------------------------------------------------------------------------
+-- Installation
+-- ---------------------------------------------------------------------------
+
+return function(module, methods, bridge)
+  local targets = setmetatable({}, { __mode = "k" })
+  local prepare_identify, prepare_track = bridge.identify, bridge.track
+  local retryable, outcome, backoff = bridge.retryable, bridge.outcome, bridge.backoff
+
+  -- Sends with the retry policy of the C transport; returns the call's results.
+  local function send(client, path, body, idempotent)
+    local t = targets[client]
+    if not t then
+      t = make_target(bridge, client)
+      targets[client] = t
+    end
+    local n = 0
+    while true do
+      n = n + 1
+      local kind, status, resp, msg, not_sent, retry_after = attempt(t, path, body, idempotent)
+      local again = retryable(kind, status, not_sent, idempotent)
+      if not again or n > t.retries then
+        return outcome(kind, status, resp, msg, n, again)
+      end
+      sleep(backoff(client, n, retry_after))
+    end
+  end
+
+  -- sendx.identify(contact) -> res | nil, message, info
+  function module.identify(contact)
+    check_phase("identify")
+    local client = bridge.default()
+    local path, body, idempotent = prepare_identify(client, contact)
+    return send(client, path, body, idempotent)
+  end
+
+  -- sendx.track(email, changes) -> res | nil, message, info
+  function module.track(email, changes)
+    check_phase("track")
+    local client = bridge.default()
+    local path, body = prepare_track(client, email, changes)
+    return send(client, path, body, true)
+  end
+
+  -- client:identify(contact) -> res | nil, message, info
+  function methods.identify(self, contact)
+    check_phase("identify")
+    local path, body, idempotent = prepare_identify(self, contact)
+    return send(self, path, body, idempotent)
+  end
+
+  -- client:track(email, changes) -> res | nil, message, info
+  function methods.track(self, email, changes)
+    check_phase("track")
+    local path, body = prepare_track(self, email, changes)
+    return send(self, path, body, true)
+  end
+end
