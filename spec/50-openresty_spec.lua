@@ -24,15 +24,17 @@ local function lit(v)
 end
 
 describe("openresty", function()
-  local m, app
+  local m, app, dns_port, stop_dns
 
   lazy_setup(function()
     m = mock.start()
-    app = openresty.start(m)
+    dns_port, stop_dns = helpers.background_server("dns_stub.lua", 600)
+    app = openresty.start(m, dns_port)
   end)
 
   lazy_teardown(function()
     if app then app:stop() end
+    if stop_dns then stop_dns() end
     m:stop()
   end)
 
@@ -264,6 +266,27 @@ describe("openresty", function()
       assert.matches("ca_file option has no effect inside nginx", err, 1, true)
       assert.matches("lua_ssl_trusted_certificate", err, 1, true)
     end)
+  end)
+
+  it("resolves host names with nginx's resolver and checks the certificate against them", function()
+    -- dns_stub answers api.sendx.io with 127.0.0.1; the mock's certificate names it
+    local base = "https://api.sendx.io:" .. m.tls_port .. "/api/v1/rest"
+    local r = app:run(string.format([[
+      local sendx = require "sendx"
+      local c = sendx.new(%s)
+      return c:identify { email = "dns@example.com" }
+    ]], lit(opts { api = "rest", team_id = false, base_url = base })), "/run_resolved")
+    assert.is_true(r.ok, r.r1)
+    assert.equal("200", r.r1 and r.r1.status, r.r2)
+    assert.equal("api.sendx.io:" .. m.tls_port, m:requests()[1].headers.host)
+    r = app:run(string.format([[
+      local sendx = require "sendx"
+      return sendx.new(%s):identify { email = "dns@example.com" }
+    ]], lit(opts { base_url = "https://nowhere.sendx.io:" .. m.tls_port })), "/run_resolved")
+    assert.is_true(r.ok, r.r1)
+    assert.equal("network", r.r3.kind, r.r2)
+    assert.matches("could not be resolved", r.r2, 1, true)
+    assert.equal(1, #m:requests())
   end)
 
   it("names the missing resolver directive for a host name", function()

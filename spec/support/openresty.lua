@@ -1,8 +1,8 @@
 -- Runs sendx inside a real nginx with OpenResty's Lua module (Debian's
 -- nginx-light + libnginx-mod-http-lua, on LuaJIT), for spec/50-openresty_spec.lua.
 --
---   local app = require("spec.support.openresty").start(mock) -- mock: a running mock
---   app:run(lua_source) -> { ok = pcall's verdict, r1 = ..., r2 = ..., r3 = ... }
+--   local app = require("spec.support.openresty").start(mock, dns_port) -- a running mock
+--   app:run(lua_source [, "/run_resolved"]) -> { ok = pcall's verdict, r1 = ..., r2 = ..., r3 = ... }
 --   app:get(path)       -> status, body
 --   app:stop()
 --
@@ -24,12 +24,14 @@ local function capture(cmd)
   return (out:gsub("%s+$", ""))
 end
 
-function M.start(m)
+-- m: the running mock (for its CA); dns_port: a spec/support/dns_stub.lua,
+-- the resolver of /run_resolved.
+function M.start(m, dns_port)
   local root = capture("pwd")
   local server = mock.start {
     tls = false,
     template = root .. "/spec/support/openresty/nginx.conf.in",
-    vars = { ROOT = root, BUILD = root .. "/build/luajit", CA_FILE = m.ca_file },
+    vars = { ROOT = root, BUILD = root .. "/build/luajit", CA_FILE = m.ca_file, DNS_PORT = dns_port },
   }
   return setmetatable({ server = server, url = "http://127.0.0.1:" .. server.port }, App)
 end
@@ -48,8 +50,9 @@ function App:get(path)
   return request(self.url .. path)
 end
 
-function App:run(source)
-  local code, body = request(self.url .. "/run", source)
+-- path: "/run", or "/run_resolved" for a location with a resolver
+function App:run(source, path)
+  local code, body = request(self.url .. (path or "/run"), source)
   assert(code == 200, "nginx answered " .. tostring(code) .. ": " .. body)
   return cjson.decode(body)
 end
