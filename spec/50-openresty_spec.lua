@@ -216,6 +216,27 @@ describe("openresty", function()
       assert.matches("larger than 1 MiB", msg, 1, true)
     end)
 
+    it("network: a reset during the TLS handshake, retried like the C transport", function()
+      local port, stop = helpers.background_server("reset_server.lua", 60)
+      finally(stop)
+      local msg, info = same_failure({ base_url = "https://localhost:" .. port, retries = 1 }, "network")
+      assert.equal(2, info.attempts, msg)
+      assert.is_true(info.retryable)
+    end)
+
+    it("a malformed chunked body or an endless header line is a failure, not an error", function()
+      for mode, words in pairs { badchunk = "malformed chunked body", longline = "longer than 8 KiB" } do
+        local port, stop = helpers.background_server("raw_server.lua", mode, 60)
+        local ok, res, msg, info = with_client({ base_url = "http://127.0.0.1:" .. port },
+          [[c:identify { email = "raw@example.com" }]])
+        stop()
+        assert.is_true(ok, res)
+        assert.is_nil(res)
+        assert.equal("network", info.kind, msg)
+        assert.matches(words, msg, 1, true)
+      end
+    end)
+
     it("tls: a certificate that does not name the host", function()
       local _, _, msg, info = with_client({ base_url = "https://127.0.0.1:" .. m.tls_port .. "/api/v1" },
         [[c:identify { email = "t@example.com" }]])

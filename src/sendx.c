@@ -857,7 +857,7 @@ static int l_bridge_outcome(lua_State *L)
     r.message = luaL_optstring(L, 4, NULL);
     r.attempts = (int)luaL_checkinteger(L, 5);
     r.retryable = lua_toboolean(L, 6);
-    lua_settop(L, 3);
+    lua_settop(L, 6); /* argument 4 stays: r.message points into it */
     return push_result(L, 3, &r);
 }
 
@@ -877,7 +877,8 @@ static int l_bridge_retryable(lua_State *L)
  * the next attempt; retry_after is the response's header value, or nil */
 static int l_bridge_backoff(lua_State *L)
 {
-    sx_client *c = check_client(L, 1);
+    /* not check_client: a call in flight may outlive a close or configure */
+    sx_client *c = luaL_checkudata(L, 1, CLIENT_MT);
     int attempt = (int)luaL_checkinteger(L, 2);
     size_t len = 0;
     const char *ra = luaL_optlstring(L, 3, NULL, &len);

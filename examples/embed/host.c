@@ -55,6 +55,13 @@ static void preload_sendx(lua_State *L)
     lua_pop(L, 1);
 }
 
+/* The error on top as text (an error value need not be a string). */
+static const char *message(lua_State *L)
+{
+    const char *s = lua_tostring(L, -1);
+    return s != NULL ? s : luaL_typename(L, -1);
+}
+
 static void *run(void *arg)
 {
     job *j = arg;
@@ -66,7 +73,7 @@ static void *run(void *arg)
     luaL_openlibs(L);
     preload_sendx(L);
     if (luaL_loadbuffer(L, script, sizeof script - 1, "=embed") != LUA_OK) {
-        snprintf(j->message, sizeof j->message, "%s", lua_tostring(L, -1));
+        snprintf(j->message, sizeof j->message, "%s", message(L));
     } else {
         lua_pushinteger(L, j->thread);
         lua_pushinteger(L, j->calls);
@@ -75,7 +82,7 @@ static void *run(void *arg)
             snprintf(j->message, sizeof j->message, "%d identify and %d track calls",
                      (int)lua_tointeger(L, -1), (int)lua_tointeger(L, -1));
         } else {
-            snprintf(j->message, sizeof j->message, "%s", lua_tostring(L, -1));
+            snprintf(j->message, sizeof j->message, "%s", message(L));
         }
     }
     lua_close(L); /* closes the clients: their __gc runs on this thread */
@@ -99,8 +106,10 @@ int main(int argc, char **argv)
         jobs[i].thread = i + 1;
         jobs[i].calls = calls;
         if (pthread_create(&jobs[i].tid, NULL, run, &jobs[i]) != 0) {
-            fprintf(stderr, "pthread_create failed\n");
-            return 1;
+            fprintf(stderr, "pthread_create failed: running %d threads\n", i);
+            threads = i;
+            failed = 1;
+            break;
         }
     }
     for (i = 0; i < threads; i++) {

@@ -12,10 +12,11 @@ local get_phase, sleep = ngx.get_phase, ngx.sleep
 local now, update_time = ngx.now, ngx.update_time
 local concat = table.concat
 local error, tonumber, tostring, setmetatable = error, tonumber, tostring, setmetatable
-local find, lower, match, format = string.find, string.lower, string.match, string.format
+local find, lower, match, format, sub = string.find, string.lower, string.match, string.format, string.sub
 
 local MAX_BODY = 1024 * 1024 -- bytes of response body kept, as in C
 local MAX_HEADERS = 100
+local MAX_LINE = 8192        -- bytes in a status, header or chunk-size line
 local POOL_SIZE = 32         -- idle keep-alive connections per target and worker
 local IDLE_MS = 60000        -- how long an idle connection stays in the pool
 
@@ -75,46 +76,74 @@ local function left(deadline)
   return ms >= 1 and ms or nil
 end
 
-local function receive(sock, deadline, pattern)
+local function receive(sock, deadline, size)
   local ms = left(deadline)
   if not ms then return nil, "timeout" end
   sock:settimeout(ms)
-  return sock:receive(pattern)
+  return sock:receive(size)
 end
 
--- Status and lower-cased headers of the final (non-1xx) response.
-local function read_head(sock, deadline)
+-- One line (without CR LF) through `lines`, sock:receiveuntil("\n"); a line
+-- longer than MAX_LINE is an error, not memory growth.
+local function read_line(sock, lines, deadline)
+  local parts, n = {}, 0
   while true do
-    local line, err = receive(sock, deadline, "*l")
+    local ms = left(deadline)
+    if not ms then return nil, "timeout" end
+    sock:settimeout(ms)
+    local data, err = lines(4096)
+    if err then return nil, err end
+    if not data then break end -- the end of the line
+    n = n + #data
+    if n > MAX_LINE then return nil, "response line longer than 8 KiB" end
+    parts[#parts + 1] = data
+  end
+  local line = concat(parts)
+  return (sub(line, -1) == "\r") and sub(line, 1, -2) or line
+end
+
+-- Lower-cased header fields up to the blank line.
+local function read_fields(sock, lines, deadline)
+  local headers = {}
+  for _ = 1, MAX_HEADERS do
+    local line, err = read_line(sock, lines, deadline)
     if not line then return nil, err end
-    local status = tonumber(match(line, "^HTTP/1%.%d (%d%d%d)"))
+    if line == "" then return headers end
+    local name, value = match(line, "^([^:%s]+)%s*:%s*(.-)%s*$")
+    if name then headers[lower(name)] = value end
+  end
+  return nil, "too many response header fields"
+end
+
+-- Status, headers and HTTP minor version of the final response (100 and 103
+-- are interim; other 1xx are refused).
+local function read_head(sock, lines, deadline)
+  while true do
+    local line, err = read_line(sock, lines, deadline)
+    if not line then return nil, err end
+    local minor, status = match(line, "^HTTP/1%.(%d) (%d%d%d)")
+    status = tonumber(status)
     if not status then return nil, "malformed status line from the server" end
-    local headers, n = {}, 0
-    while true do
-      line, err = receive(sock, deadline, "*l")
-      if not line then return nil, err end
-      if line == "" then break end
-      n = n + 1
-      if n > MAX_HEADERS then return nil, "too many response headers" end
-      local name, value = match(line, "^([^:%s]+)%s*:%s*(.-)%s*$")
-      if name then headers[lower(name)] = value end
-    end
-    if status >= 200 then return status, headers end
+    local headers
+    headers, err = read_fields(sock, lines, deadline)
+    if not headers then return nil, err end
+    if status >= 200 then return status, headers, minor end
+    if status ~= 100 and status ~= 103 then return nil, "unexpected status " .. status end
   end
 end
 
-local function read_chunked(sock, deadline)
+local function read_chunked(sock, lines, deadline)
   local parts, total = {}, 0
   while true do
-    local line, err = receive(sock, deadline, "*l")
+    local line, err = read_line(sock, lines, deadline)
     if not line then return nil, err end
-    local size = tonumber(match(line, "^%s*(%x+)"), 16)
+    local hex = match(line, "^%s*(%x+)")
+    local size = hex and tonumber(hex, 16)
     if not size then return nil, "malformed chunked body" end
     if size == 0 then
-      repeat -- trailers
-        line, err = receive(sock, deadline, "*l")
-        if not line then return nil, err end
-      until line == ""
+      local trailers
+      trailers, err = read_fields(sock, lines, deadline)
+      if not trailers then return nil, err end
       return concat(parts)
     end
     total = total + size
@@ -123,7 +152,7 @@ local function read_chunked(sock, deadline)
     data, err = receive(sock, deadline, size)
     if not data then return nil, err end
     parts[#parts + 1] = data
-    line, err = receive(sock, deadline, "*l")
+    line, err = read_line(sock, lines, deadline)
     if line ~= "" then return nil, err or "malformed chunked body" end
   end
 end
@@ -146,12 +175,18 @@ local function read_to_close(sock, deadline)
 end
 
 -- The body, and whether the connection may serve another request.
-local function read_body(sock, deadline, status, headers)
-  local reusable = lower(headers["connection"] or "") ~= "close"
+local function read_body(sock, lines, deadline, status, headers, minor)
+  local connection = lower(headers["connection"] or "")
+  local reusable
+  if minor == "0" then
+    reusable = find(connection, "keep-alive", 1, true) ~= nil
+  else
+    reusable = not find(connection, "close", 1, true)
+  end
   if status == 204 or status == 304 then return "", reusable end
   local te = headers["transfer-encoding"]
   if te and find(lower(te), "chunked", 1, true) then
-    local body, err = read_chunked(sock, deadline)
+    local body, err = read_chunked(sock, lines, deadline)
     return body, body and reusable, err
   end
   local len = headers["content-length"]
@@ -195,10 +230,12 @@ local function open(t, deadline, fresh)
     ok, err = sock:sslhandshake(false, t.server_name, true)
     if not ok then
       sock:close()
+      -- "NN: reason" is a verification failure, "certificate host mismatch" the
+      -- name check; a bare "handshake failed" is what resets and closes give
+      local verify = match(err, "^%d+: ") ~= nil
       local kind = (err == "timeout" and "timeout")
-        or ((err == "closed" or find(err, "reset", 1, true)) and "network") or "tls"
-      local hint = kind == "tls" and find(err, "verify", 1, true)
-        and " (nginx verifies against lua_ssl_trusted_certificate: is it set?)" or ""
+        or ((verify or find(err, "certificate", 1, true)) and "tls") or "network"
+      local hint = verify and " (nginx verifies against lua_ssl_trusted_certificate: is it set?)" or ""
       return nil, kind, format("TLS handshake with %s failed: %s%s", t.host, err, hint)
     end
   end
@@ -214,13 +251,12 @@ local function exchange(t, sock, deadline, path, body, idempotent)
   -- cosockets copy a table's pieces before the first write: no concatenation here
   local sent, err = sock:send { "POST ", path, t.head, #body, "\r\n\r\n", body }
   if not sent then return nil, failure_kind(err), err end
-  local status, headers = read_head(sock, deadline)
+  local lines = sock:receiveuntil("\n")
+  local status, headers, minor = read_head(sock, lines, deadline)
   if not status then return nil, failure_kind(headers), headers end
   local resp, reusable
-  resp, reusable, err = read_body(sock, deadline, status, headers)
-  if resp and reusable and idempotent then
-    sock:setkeepalive(IDLE_MS, POOL_SIZE)
-  else
+  resp, reusable, err = read_body(sock, lines, deadline, status, headers, minor)
+  if not (resp and reusable and idempotent and sock:setkeepalive(IDLE_MS, POOL_SIZE)) then
     sock:close()
   end
   if not resp then
@@ -242,7 +278,8 @@ local function attempt(t, path, body, idempotent)
     if status then return "ok", status, resp ~= "" and resp or nil, nil, false, retry_after end
     kind, msg = resp, retry_after
     if kind == "too_large" then return kind, st, nil, msg, false end
-    if not (reused and (msg == "closed" or find(msg, "reset", 1, true) or find(msg, "broken pipe", 1, true))) then
+    local m = lower(msg)
+    if not (reused and (m == "closed" or find(m, "reset", 1, true) or find(m, "broken pipe", 1, true))) then
       sock:close()
       return kind, nil, nil, format("request to %s failed: %s", t.host, msg), false
     end

@@ -1,0 +1,40 @@
+-- An HTTP server on 127.0.0.1 that answers every request with one fixed,
+-- deliberately broken response, then closes the connection.
+--
+--   lua spec/support/raw_server.lua PORTFILE MODE [SECONDS]
+--
+-- MODE: badchunk (a chunk size that is not hex), longline (a header line of
+-- 256 KiB that never ends). Writes its port to PORTFILE; exits by itself after
+-- SECONDS (default 60).
+local socket = require "socket"
+
+local RESPONSES = {
+  badchunk = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+  longline = "HTTP/1.1 200 OK\r\nX-Long: " .. string.rep("a", 256 * 1024),
+}
+
+local portfile, mode, lifetime = arg[1], arg[2], tonumber(arg[3] or "60")
+local response = assert(RESPONSES[mode], "unknown mode")
+local server = assert(socket.bind("127.0.0.1", 0))
+local _, port = server:getsockname()
+local f = assert(io.open(portfile, "w"))
+f:write(port, "\n")
+f:close()
+
+server:settimeout(0.5)
+local deadline = socket.gettime() + lifetime
+while socket.gettime() < deadline do
+  local c = server:accept()
+  if c then
+    c:settimeout(2)
+    local length = 0
+    repeat -- the request head, then its body
+      local line = c:receive("*l")
+      local n = line and line:lower():match("^content%-length:%s*(%d+)")
+      if n then length = tonumber(n) end
+    until not line or line == ""
+    if length > 0 then c:receive(length) end
+    c:send(response)
+    c:close()
+  end
+end
