@@ -22,3 +22,18 @@ describe("examples/quickstart.lua", function()
     assert.matches("SENDX_API_KEY", out, 1, true)
   end)
 end)
+
+describe("examples/game_loop.lua", function()
+  it("queues calls from a 60 Hz loop, polls each tick and keeps its budget", function()
+    local rc, out = run(string.format("LUA_CPATH='%s/?.so;;' %s spec/support/with_mock.lua %s examples/game_loop.lua 1",
+      build, lua, lua))
+    assert.equal(0, rc, out)
+    local worst, budget = out:match("worst ([%d.]+) ms %(budget ([%d.]+) ms%)")
+    assert.truthy(worst, out)
+    assert.is_true(tonumber(worst) < tonumber(budget), out)
+    local confirmed, sent = out:match("confirmed (%d+), failed 0, refused 0; stats: sent (%d+), failed 0")
+    assert.truthy(confirmed, out)
+    assert.equal(confirmed, sent)
+    assert.is_true(tonumber(sent) >= 10, out) -- 2 calls every 10 ticks, about 60 ticks
+  end)
+end)

@@ -238,8 +238,9 @@ describe("openresty", function()
     end)
 
     it("tls: a certificate that does not name the host", function()
-      local _, _, msg, info = with_client({ base_url = "https://127.0.0.1:" .. m.tls_port .. "/api/v1" },
+      local ok, res, msg, info = with_client({ base_url = "https://127.0.0.1:" .. m.tls_port .. "/api/v1" },
         [[c:identify { email = "t@example.com" }]])
+      assert.is_true(ok, res)
       assert.equal("tls", info.kind, msg)
       assert.same({}, m:requests())
     end)
@@ -365,6 +366,71 @@ describe("openresty", function()
         r = app:run(string.format("ngx.sleep(0.05) return ngx.shared.results:get(%q)", phase))
         expect(phase, r.r1)
       end
+      assert.same({}, m:requests())
+    end)
+  end)
+
+  describe("async", function()
+    it("identify_async works from log_by_lua; the callback runs in a timer", function()
+      app:run(string.format([[
+        local sendx = require "sendx"
+        require("spec.support.openresty.app").client = sendx.new(%s)
+        ngx.shared.results:delete("log_async")
+      ]], lit(opts())))
+      local code = app:get("/log_async?email=log-async@example.com")
+      assert.equal(200, code)
+      local r
+      for _ = 1, 100 do
+        r = app:run([[return ngx.shared.results:get("log_async")]])
+        if r.r1 then break end
+        require("socket").sleep(0.02)
+      end
+      assert.equal("ok in timer", r.r1)
+      assert.truthy(m:contact("log-async@example.com"))
+    end)
+
+    it("queues, sends max_in_flight at a time, counts, flushes and refuses a full queue", function()
+      m:fault { delay = 0.2, times = 40 }
+      local r = app:run(string.format([[
+        local sendx = require "sendx"
+        local c = sendx.new(%s)
+        local done, calls = 0, 0
+        local t0 = ngx.now()
+        for i = 1, 40 do
+          assert(c:identify_async({ email = "ra" .. i .. "@example.com" }, function(res) if res then done = done + 1 end end))
+          calls = calls + 1
+        end
+        local full, why = c:identify_async { email = "over@example.com" }
+        calls = calls + 1
+        local st = c:stats()
+        local sum = st.queued + st.in_flight + st.sent + st.failed + st.dropped
+        assert(c:flush(10))
+        ngx.update_time()
+        return { done = done, calls = calls, sum = sum, why = why, full = full == nil,
+                 elapsed = ngx.now() - t0, stats = c:stats(), polled = c:poll() }
+      ]], lit(opts { max_in_flight = 8, max_queue = 40 })))
+      assert.is_true(r.ok, r.r1)
+      local v = r.r1
+      assert.equal(40, v.done)
+      assert.equal(v.calls, v.sum)
+      assert.is_true(v.full)
+      assert.equal("queue full", v.why)
+      assert.same({ queued = 0, in_flight = 0, sent = 40, failed = 0, retried = 0, dropped = 1 }, v.stats)
+      assert.equal(0, v.polled)
+      -- 40 calls of 0.2 s, 8 at a time: 1 s; one at a time: 8 s
+      assert.is_true(v.elapsed < 3, "took " .. v.elapsed .. " s")
+      assert.equal(40, #m:requests())
+    end)
+
+    it("validates at enqueue time like the C module, and refuses the init phase", function()
+      local ok, err = with_client(nil, [[(function() local r = c:identify_async({ email = "a@b.io" }, 42) return r end)()]])
+      assert.is_false(ok)
+      assert.matches("^snippet:%d+: bad argument #2 to 'identify_async' %(callback: expected function, got number%)$", err)
+      ok, err = with_client(nil, [[(function() local r = c:track_async("a@b.io", { addTags = "x" }) return r end)()]])
+      assert.is_false(ok)
+      assert.matches("^snippet:%d+: bad argument #2 to 'track_async' %(addTags: expected a sequence of strings, got string%)$", err)
+      local r = app:run([[return require("spec.support.openresty.app").results.init_async]])
+      assert.matches("sendx.identify_async cannot run in nginx's init phase", r.r1, 1, true)
       assert.same({}, m:requests())
     end)
   end)

@@ -31,9 +31,10 @@ describe("embedding in a threaded C host", function()
       m.api_key, m.team_id, m.url, threads, calls))
     assert.equal(0, rc, out)
     for t = 1, threads do
-      assert.matches(string.format("thread %d: ok: %d identify and %d track calls", t, calls, calls), out, 1, true)
+      assert.matches(string.format("thread %d: ok: %d identify, %d track and %d async identify calls",
+        t, calls, calls, calls), out, 1, true)
     end
-    assert.equal(threads * calls * 2, #m:requests())
+    assert.equal(threads * calls * 3, #m:requests())
     for t = 1, threads do
       local c = m:contact(string.format("embed-%d-%d@example.com", t, calls))
       assert.truthy(c, "contact of thread " .. t)

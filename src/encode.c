@@ -30,10 +30,10 @@ int sx_argerror(lua_State *L, int arg, const char *fmt, ...)
     if (arg == 0) /* not about an argument: e.g. an environment variable */
         return luaL_error(L, "sendx: %s", lua_tostring(L, -1));
     if (arg >= SX_ARG_NAMED) { /* called on behalf of a Lua wrapper: see encode.h */
-        static const char *const names[] = { "?", "identify", "track" };
-        int fn = (arg >> 8) & 3;
+        static const char *const names[] = { "?", "identify", "track", "identify_async",
+                                             "track_async", "?", "?", "?" };
         luaL_where(L, 2); /* the user's code: level 1 is the Lua wrapper */
-        lua_pushfstring(L, "bad argument #%d to '%s' (%s)", arg & 0xff, names[fn == 3 ? 0 : fn],
+        lua_pushfstring(L, "bad argument #%d to '%s' (%s)", arg & 0xff, names[(arg >> 8) & 7],
                         lua_tostring(L, -2));
         lua_concat(L, 2);
         return lua_error(L);

@@ -3,6 +3,7 @@
  * and the conversion of transport results into Lua values.
  */
 #include "compat.h"
+#include "async.h"
 #include "encode.h"
 #include "transport.h"
 
@@ -12,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
+#include <unistd.h>
 
 #define SENDX_VERSION "1.0.0"
 #define CLIENT_MT "sendx.client"
@@ -37,11 +40,22 @@ typedef struct sx_client {
     size_t path_off;     /* where the path starts in base ("https://host" before) */
     long timeout_ms, connect_timeout_ms;
     int has_ca_file, has_proxy;
+    sx_async_opts aopts; /* for the background worker, started on first use */
+    sx_async *async;
+    sx_job *limbo;       /* completed jobs being turned into Lua values */
+    int on_error_ref;    /* on_error option (registry ref), or LUA_NOREF */
     char key_tail[8];    /* what tostring may show of the key */
     const char *missing; /* default client without credentials: why */
 } sx_client;
 
 #define MEMERR(L) luaL_error((L), "sendx: not enough memory")
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
 
 /* ---------------------------------------------------------------------------
  * Options
@@ -54,11 +68,13 @@ typedef struct options {
     long timeout_ms, connect_timeout_ms, max_retry_wait_ms;
     int retries;
     int plain_http;            /* base_url is http:// (loopback) */
+    long max_queue, max_in_flight, max_queue_bytes;
 } options;
 
 static const char *const option_names[] = {
     "api_key", "team_id", "base_url", "api", "timeout", "connect_timeout", "retries",
-    "user_agent", "ca_file", "proxy", "max_retry_wait", NULL,
+    "user_agent", "ca_file", "proxy", "max_retry_wait", "max_queue", "max_in_flight",
+    "max_queue_bytes", "on_error", NULL,
 };
 
 /* The option `name` of the table at idx pushed, or nil. */
@@ -141,6 +157,19 @@ static int opt_retries(lua_State *L, int idx, int arg)
     return (int)v;
 }
 
+/* An integer option within [min, max]; `def` when absent. */
+static long opt_int(lua_State *L, int idx, int arg, const char *name, long min, long max, long def)
+{
+    double v = (double)def;
+    if (get_option(L, idx, name)) {
+        v = lua_type(L, -1) == LUA_TNUMBER ? (double)lua_tonumber(L, -1) : -1.0;
+        if (!(v >= (double)min && v <= (double)max) || v != (double)(long)v)
+            sx_argerror(L, arg, "%s: expected an integer from %d to %d", name, (int)min, (int)max);
+    }
+    lua_pop(L, 1);
+    return (long)v;
+}
+
 static sx_api opt_api(lua_State *L, int idx, int arg)
 {
     const char *s = opt_string(L, idx, arg, "api");
@@ -188,6 +217,13 @@ static void read_options(lua_State *L, int idx, int arg, int use_env, options *o
     o->max_retry_wait_ms = opt_seconds(L, idx, arg, "max_retry_wait", 0, 30, SX_MAX_RETRY_WAIT_MS);
     o->retries = opt_retries(L, idx, arg);
     o->plain_http = 0;
+    o->max_queue = opt_int(L, idx, arg, "max_queue", 1, 1000000, 10000);
+    o->max_in_flight = opt_int(L, idx, arg, "max_in_flight", 1, 64, 16);
+    o->max_queue_bytes = opt_int(L, idx, arg, "max_queue_bytes", 1024, 1024L * 1024 * 1024,
+                                 16L * 1024 * 1024);
+    if (get_option(L, idx, "on_error") && !lua_isfunction(L, -1))
+        sx_argerror(L, arg, "on_error: expected function, got %s", luaL_typename(L, -1));
+    lua_pop(L, 1);
 }
 
 /* ---------------------------------------------------------------------------
@@ -292,8 +328,38 @@ static sx_client *check_client(lua_State *L, int idx)
     return check_client_at(L, idx, 1);
 }
 
-static void client_release(sx_client *c)
+/* Lets go of the background worker: stopped and freed, or, in a forked
+ * child, abandoned (its thread and connections are the parent's). Jobs not
+ * handed back are freed with their callbacks. */
+static void drop_async(lua_State *L, sx_client *c)
 {
+    sx_async *a = c->async;
+    sx_job *j;
+    if (a == NULL)
+        return;
+    c->async = NULL;
+    if (sx_async_pid(a) != getpid()) {
+        sx_async_abandon(a);
+        return;
+    }
+    sx_async_stop(a);
+    while ((j = sx_async_take(a)) != NULL) {
+        luaL_unref(L, LUA_REGISTRYINDEX, j->ref);
+        sx_job_free(j);
+    }
+    sx_async_free(a);
+}
+
+static void client_release(lua_State *L, sx_client *c)
+{
+    drop_async(L, c);
+    while (c->limbo != NULL) {
+        sx_job *j = c->limbo;
+        c->limbo = j->next;
+        sx_job_free(j);
+    }
+    luaL_unref(L, LUA_REGISTRYINDEX, c->on_error_ref);
+    c->on_error_ref = LUA_NOREF;
     if (c->open)
         sx_conn_close(&c->conn);
     c->open = 0;
@@ -364,6 +430,11 @@ static void client_open(lua_State *L, sx_client *c, const options *o)
     c->connect_timeout_ms = o->connect_timeout_ms;
     c->has_ca_file = o->ca_file != NULL;
     c->has_proxy = o->proxy != NULL;
+    c->aopts.max_in_flight = (int)o->max_in_flight;
+    c->aopts.max_queue = o->max_queue;
+    c->aopts.max_bytes = (size_t)o->max_queue_bytes;
+    c->aopts.retries = o->retries;
+    c->aopts.max_retry_wait_ms = o->max_retry_wait_ms;
     set_key_tail(c, o->api_key);
 }
 
@@ -386,7 +457,13 @@ static sx_client *client_new(lua_State *L, int idx, int arg, int lazy)
                     o.api == SX_API_LEGACY ? "" : " for api 'rest'");
     c = lua_newuserdata(L, sizeof *c);
     memset(c, 0, sizeof *c);
+    c->on_error_ref = LUA_NOREF;
     luaL_setmetatable(L, CLIENT_MT);
+    if (get_option(L, idx, "on_error")) {
+        c->on_error_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    } else {
+        lua_pop(L, 1);
+    }
     if (missing == NULL)
         client_open(L, c, &o);
     else
@@ -444,7 +521,8 @@ static const char *build_url(lua_State *L, sx_client *c, const char *what, const
     return u->data;
 }
 
-static const char *const kind_names[] = { "ok", "network", "timeout", "tls", "http", "api", "decode" };
+static const char *const kind_names[] = { "ok", "network", "timeout", "tls", "http", "api", "decode",
+                                           "shutdown" };
 
 /* Decodes the body string (or nil) at `body` with lua-cjson and pushes the
  * value; returns 0 when it is not JSON, with cjson's message pushed instead. */
@@ -580,6 +658,8 @@ static int push_outcome(lua_State *L, sx_client *c, const sx_result *r)
 static int send_request(lua_State *L, sx_client *c, const char *url, int idempotent)
 {
     sx_result r;
+    if (sx_conn_after_fork(&c->conn) != 0)
+        return MEMERR(L);
     sx_conn_post(&c->conn, url, c->body.data, c->body.len, idempotent, &r);
     return push_outcome(L, c, &r);
 }
@@ -596,6 +676,261 @@ static int do_track(lua_State *L, sx_client *c, int arg)
     const char *email = sx_check_email(L, arg, arg, &elen);
     sx_encode_track(L, arg + 1, arg + 1, c->api == SX_API_REST ? email : NULL, elen, &c->body);
     return send_request(L, c, build_url(L, c, "track", email, elen), 1);
+}
+
+/* ---------------------------------------------------------------------------
+ * Asynchronous delivery: the Lua side of src/async.c
+ * ------------------------------------------------------------------------ */
+
+/* The client's worker, started on first use; in a forked child the parent's
+ * is let go and a fresh one started (see drop_async). */
+static sx_async *ensure_async(lua_State *L, sx_client *c)
+{
+    if (c->async != NULL && sx_async_pid(c->async) != getpid())
+        drop_async(L, c);
+    if (c->async == NULL) {
+        if (sx_conn_after_fork(&c->conn) != 0 ||
+            (c->async = sx_async_new(c->conn.curl, &c->aopts)) == NULL)
+            luaL_error(L, "sendx: the background worker could not be started");
+    }
+    return c->async;
+}
+
+/* Queues the request built in c->url and c->body, with the callback at cb
+ * (nil or none: no callback). Returns true, or nil, "queue full". */
+static int submit(lua_State *L, sx_client *c, int cb, int idempotent)
+{
+    sx_async *a = ensure_async(L, c);
+    int ref = LUA_NOREF;
+    sx_job *j;
+    if (!lua_isnoneornil(L, cb)) {
+        lua_pushvalue(L, cb);
+        ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    if ((j = sx_job_new(c->url.data, c->body.data, c->body.len, idempotent)) == NULL) {
+        luaL_unref(L, LUA_REGISTRYINDEX, ref);
+        return MEMERR(L);
+    }
+    j->ref = ref;
+    if (sx_async_submit(a, j) != 0) {
+        luaL_unref(L, LUA_REGISTRYINDEX, ref);
+        sx_job_free(j);
+        lua_pushnil(L);
+        lua_pushliteral(L, "queue full");
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static void check_callback(lua_State *L, int idx)
+{
+    if (!lua_isnoneornil(L, idx) && !lua_isfunction(L, idx))
+        sx_argerror(L, idx, "callback: expected function, got %s", luaL_typename(L, idx));
+}
+
+static int do_identify_async(lua_State *L, sx_client *c, int arg)
+{
+    int incr;
+    check_callback(L, arg + 1);
+    incr = sx_encode_identify(L, arg, arg, c->api, &c->body);
+    build_url(L, c, "identify", NULL, 0);
+    return submit(L, c, arg + 1, !incr);
+}
+
+static int do_track_async(lua_State *L, sx_client *c, int arg)
+{
+    size_t elen;
+    const char *email = sx_check_email(L, arg, arg, &elen);
+    check_callback(L, arg + 2);
+    sx_encode_track(L, arg + 1, arg + 1, c->api == SX_API_REST ? email : NULL, elen, &c->body);
+    build_url(L, c, "track", email, elen);
+    return submit(L, c, arg + 2, 1);
+}
+
+/* A callback raised the error on top: on_error gets it, else it goes to the
+ * table at errs (or to stderr when errs is 0). Pops it. */
+static void report_error(lua_State *L, sx_client *c, int errs)
+{
+    if (c->on_error_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, c->on_error_ref);
+        lua_insert(L, -2);
+        if (lua_pcall(L, 1, 0, 0) == 0)
+            return;
+    }
+    if (errs != 0) {
+        lua_rawseti(L, errs, (int)lua_rawlen(L, errs) + 1);
+    } else {
+        fprintf(stderr, "sendx: callback error: %s\n",
+                lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
+        lua_pop(L, 1);
+    }
+}
+
+static void unlink_limbo(sx_client *c, sx_job *j)
+{
+    sx_job **p;
+    for (p = &c->limbo; *p != NULL; p = &(*p)->next)
+        if (*p == j) {
+            *p = j->next;
+            return;
+        }
+}
+
+/* Runs the callbacks of completed calls, one job at a time (a callback may
+ * poll, queue or close). Returns how many calls completed. */
+static int run_done(lua_State *L, sx_client *c, int errs)
+{
+    int n = 0;
+    sx_job *j;
+    while (c->async != NULL && (j = sx_async_take(c->async)) != NULL) {
+        int base = lua_gettop(L), nres, ref = j->ref;
+        j->next = c->limbo; /* freed by close if a Lua error escapes from here */
+        c->limbo = j;
+        lua_rawgeti(L, LUA_REGISTRYINDEX, ref); /* nil for LUA_NOREF */
+        if (j->response != NULL)
+            lua_pushlstring(L, j->response, j->response_len);
+        else
+            lua_pushnil(L);
+        nres = push_result(L, base + 2, &j->r); /* leaves scratch values below */
+        lua_pushvalue(L, base + 1);
+        lua_insert(L, -(nres + 1)); /* callback, results */
+        unlink_limbo(c, j);
+        sx_job_free(j);
+        luaL_unref(L, LUA_REGISTRYINDEX, ref);
+        n++;
+        if (!lua_isnil(L, base + 1) && lua_pcall(L, nres, 0, 0) != 0)
+            report_error(L, c, errs);
+        lua_settop(L, base);
+    }
+    return n;
+}
+
+/* Pushes true, or nil, "timeout"; then the table at errs when not empty. */
+static int flush_client(lua_State *L, sx_client *c, double timeout, int errs)
+{
+    double deadline = timeout >= 0 ? now_seconds() + timeout : 0;
+    int nret;
+    for (;;) {
+        double left = deadline - now_seconds();
+        run_done(L, c, errs);
+        if (c->async == NULL || sx_async_outstanding(c->async) == 0) {
+            lua_pushboolean(L, 1);
+            nret = 1;
+            break;
+        }
+        if (timeout >= 0 && left <= 0) {
+            lua_pushnil(L);
+            lua_pushliteral(L, "timeout");
+            nret = 2;
+            break;
+        }
+        sx_async_wait(c->async, timeout >= 0 && left < 1.0 ? (long)(left * 1000) + 1 : 1000);
+    }
+    if (errs != 0 && lua_rawlen(L, errs) > 0) {
+        if (nret == 1)
+            lua_pushnil(L); /* keeps the errors in third place */
+        lua_pushvalue(L, errs);
+        return 3;
+    }
+    return nret;
+}
+
+/* close and __gc: flush (bounded), stop the worker, report what was cut
+ * short as kind "shutdown", release. quiet: no caller to return errors to. */
+static int close_client(lua_State *L, sx_client *c, double timeout, int quiet)
+{
+    int errs = 0, nret = 0;
+    if (!quiet) {
+        lua_newtable(L);
+        errs = lua_gettop(L);
+    }
+    if (c->async != NULL && sx_async_pid(c->async) == getpid()) {
+        nret = flush_client(L, c, timeout, errs);
+        if (c->async != NULL) { /* a callback may have closed the client */
+            sx_async_stop(c->async);
+            run_done(L, c, errs);
+        }
+    }
+    client_release(L, c);
+    return quiet ? 0 : nret;
+}
+
+/* client:identify_async(contact [, callback]) -> true | nil, "queue full" */
+static int l_client_identify_async(lua_State *L)
+{
+    return do_identify_async(L, check_client(L, 1), 2);
+}
+
+/* client:track_async(email, changes [, callback]) -> true | nil, "queue full" */
+static int l_client_track_async(lua_State *L)
+{
+    return do_track_async(L, check_client(L, 1), 2);
+}
+
+/* Pushes the number of completed calls, then their callbacks' errors if any. */
+static int poll_client(lua_State *L, sx_client *c)
+{
+    int errs, n;
+    lua_newtable(L);
+    errs = lua_gettop(L);
+    n = c->async != NULL && sx_async_pid(c->async) == getpid() ? run_done(L, c, errs) : 0;
+    lua_pushinteger(L, n);
+    if (lua_rawlen(L, errs) == 0)
+        return 1;
+    lua_pushvalue(L, errs);
+    return 2;
+}
+
+/* client:poll() -> count [, errors]; never blocks */
+static int l_client_poll(lua_State *L)
+{
+    return poll_client(L, check_client(L, 1));
+}
+
+/* client:flush([timeout]) -> true | nil, "timeout" [, errors] */
+static int l_client_flush(lua_State *L)
+{
+    sx_client *c = check_client(L, 1);
+    double timeout = luaL_optnumber(L, 2, -1);
+    int errs;
+    lua_settop(L, 2);
+    lua_newtable(L);
+    errs = lua_gettop(L);
+    if (c->async != NULL && sx_async_pid(c->async) != getpid())
+        drop_async(L, c); /* the parent's calls: the parent sends them */
+    return flush_client(L, c, timeout, errs);
+}
+
+/* client:stats() -> { queued, in_flight, sent, failed, retried, dropped } */
+static int l_client_stats(lua_State *L)
+{
+    sx_client *c = check_client(L, 1);
+    sx_stats st;
+    memset(&st, 0, sizeof st);
+    if (c->async != NULL && sx_async_pid(c->async) == getpid())
+        sx_async_stats(c->async, &st);
+    lua_createtable(L, 0, 6);
+    lua_pushinteger(L, st.queued);
+    lua_setfield(L, -2, "queued");
+    lua_pushinteger(L, st.in_flight);
+    lua_setfield(L, -2, "in_flight");
+    lua_pushinteger(L, st.sent);
+    lua_setfield(L, -2, "sent");
+    lua_pushinteger(L, st.failed);
+    lua_setfield(L, -2, "failed");
+    lua_pushinteger(L, st.retried);
+    lua_setfield(L, -2, "retried");
+    lua_pushinteger(L, st.dropped);
+    lua_setfield(L, -2, "dropped");
+    return 1;
+}
+
+/* client:fd() -> a descriptor that is readable while callbacks are ready */
+static int l_client_fd(lua_State *L)
+{
+    lua_pushinteger(L, sx_async_fd(ensure_async(L, check_client(L, 1))));
+    return 1;
 }
 
 /* ---------------------------------------------------------------------------
@@ -641,10 +976,23 @@ static int l_client_encode_track(lua_State *L)
     return 1;
 }
 
-/* client:close() -- idempotent; also __gc and __close */
+/* client:close([timeout]) -> true | nil, "timeout" (and callback errors);
+ * idempotent. Waits up to timeout (5 s) for queued calls, then releases. */
 static int l_client_close(lua_State *L)
 {
-    client_release(luaL_checkudata(L, 1, CLIENT_MT));
+    sx_client *c = luaL_checkudata(L, 1, CLIENT_MT);
+    double timeout = luaL_optnumber(L, 2, 5.0);
+    lua_settop(L, 1);
+    return close_client(L, c, timeout, 0);
+}
+
+/* __gc and __close: close with the default bound; callback errors that no
+ * on_error takes are written to stderr, since nobody can receive them. */
+static int l_client_gc(lua_State *L)
+{
+    sx_client *c = luaL_checkudata(L, 1, CLIENT_MT);
+    lua_settop(L, 1);
+    close_client(L, c, 5.0, 1);
     return 0;
 }
 
@@ -677,7 +1025,7 @@ static void set_default(lua_State *L, int idx, int arg)
     client_new(L, idx, arg, 1);
     lua_getfield(L, LUA_REGISTRYINDEX, DEFAULT_KEY);
     if ((old = luaL_testudata(L, -1, CLIENT_MT)) != NULL)
-        client_release(old);
+        close_client(L, old, 5.0, 1);
     lua_pop(L, 1);
     lua_setfield(L, LUA_REGISTRYINDEX, DEFAULT_KEY);
 }
@@ -723,6 +1071,44 @@ static int l_track(lua_State *L)
     lua_settop(L, 2);
     c = default_client(L);
     return do_track(L, c, 1);
+}
+
+/* sendx.identify_async(contact [, callback]) -- on the default client */
+static int l_identify_async(lua_State *L)
+{
+    sx_client *c;
+    lua_settop(L, 2);
+    c = default_client(L);
+    return do_identify_async(L, c, 1);
+}
+
+/* sendx.track_async(email, changes [, callback]) -- on the default client */
+static int l_track_async(lua_State *L)
+{
+    sx_client *c;
+    lua_settop(L, 3);
+    c = default_client(L);
+    return do_track_async(L, c, 1);
+}
+
+/* sendx.poll() -> count [, errors] -- on the default client */
+static int l_poll(lua_State *L)
+{
+    lua_settop(L, 0);
+    return poll_client(L, default_client(L));
+}
+
+/* sendx.flush([timeout]) -> true | nil, "timeout" [, errors] */
+static int l_flush(lua_State *L)
+{
+    sx_client *c;
+    double timeout = luaL_optnumber(L, 1, -1);
+    int errs;
+    lua_settop(L, 1);
+    c = default_client(L);
+    lua_newtable(L);
+    errs = lua_gettop(L);
+    return flush_client(L, c, timeout, errs);
 }
 
 /* sendx.encode_identify(contact) -> the legacy JSON body; no network */
@@ -805,6 +1191,10 @@ static int l_bridge_target(lua_State *L)
     lua_setfield(L, -2, "ca_file");
     lua_pushboolean(L, c->has_proxy);
     lua_setfield(L, -2, "proxy");
+    lua_pushinteger(L, c->aopts.max_queue);
+    lua_setfield(L, -2, "max_queue");
+    lua_pushinteger(L, c->aopts.max_in_flight);
+    lua_setfield(L, -2, "max_in_flight");
     return 1;
 }
 
@@ -814,11 +1204,12 @@ static void push_path(lua_State *L, sx_client *c)
     lua_pushlstring(L, c->url.data + c->path_off, c->url.len - c->path_off);
 }
 
-/* bridge.identify(client, contact) -> path, body, idempotent */
+/* bridge.identify(client, contact [, async]) -> path, body, idempotent */
 static int l_bridge_identify(lua_State *L)
 {
     sx_client *c = check_client_at(L, 1, 2);
-    int incr = sx_encode_identify(L, 2, SX_ARG_IDENTIFY(1), c->api, &c->body);
+    int arg = lua_toboolean(L, 3) ? SX_ARG_IDENTIFY_ASYNC(1) : SX_ARG_IDENTIFY(1);
+    int incr = sx_encode_identify(L, 2, arg, c->api, &c->body);
     build_url(L, c, "identify", NULL, 0);
     push_path(L, c);
     lua_pushlstring(L, c->body.data, c->body.len);
@@ -826,13 +1217,15 @@ static int l_bridge_identify(lua_State *L)
     return 3;
 }
 
-/* bridge.track(client, email, changes) -> path, body */
+/* bridge.track(client, email, changes [, async]) -> path, body */
 static int l_bridge_track(lua_State *L)
 {
     sx_client *c = check_client_at(L, 1, 2);
+    int async = lua_toboolean(L, 4);
     size_t elen;
-    const char *email = sx_check_email(L, 2, SX_ARG_TRACK(1), &elen);
-    sx_encode_track(L, 3, SX_ARG_TRACK(2), c->api == SX_API_REST ? email : NULL, elen, &c->body);
+    const char *email = sx_check_email(L, 2, async ? SX_ARG_TRACK_ASYNC(1) : SX_ARG_TRACK(1), &elen);
+    sx_encode_track(L, 3, async ? SX_ARG_TRACK_ASYNC(2) : SX_ARG_TRACK(2),
+                    c->api == SX_API_REST ? email : NULL, elen, &c->body);
     build_url(L, c, "track", email, elen);
     push_path(L, c);
     lua_pushlstring(L, c->body.data, c->body.len);
@@ -946,6 +1339,12 @@ static const luaL_Reg client_methods[] = {
     { "encode_identify", l_client_encode_identify },
     { "encode_track", l_client_encode_track },
     { "close", l_client_close },
+    { "identify_async", l_client_identify_async },
+    { "track_async", l_client_track_async },
+    { "poll", l_client_poll },
+    { "flush", l_client_flush },
+    { "stats", l_client_stats },
+    { "fd", l_client_fd },
     { NULL, NULL },
 };
 
@@ -956,6 +1355,10 @@ static const luaL_Reg module_functions[] = {
     { "track", l_track },
     { "encode_identify", l_encode_identify },
     { "encode_track", l_encode_track },
+    { "identify_async", l_identify_async },
+    { "track_async", l_track_async },
+    { "poll", l_poll },
+    { "flush", l_flush },
     { NULL, NULL },
 };
 
@@ -988,12 +1391,14 @@ static void create_metatable(lua_State *L)
     lua_pushvalue(L, -4);
     luaL_setfuncs(L, client_methods, 2);
     lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_client_close);
-    lua_setfield(L, -2, "__gc");
+    lua_pushvalue(L, -3); /* __gc runs callbacks: it needs the upvalues too */
+    lua_pushvalue(L, -3);
+    lua_pushcclosure(L, l_client_gc, 2);
 #ifdef SENDX_HAVE_CLOSE
-    lua_pushcfunction(L, l_client_close);
-    lua_setfield(L, -2, "__close");
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, "__close");
 #endif
+    lua_setfield(L, -2, "__gc");
     lua_pushcfunction(L, l_client_tostring);
     lua_setfield(L, -2, "__tostring");
     lua_pushliteral(L, CLIENT_MT);

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 /* ---------------------------------------------------------------------------
  * Process-wide initialisation
@@ -137,6 +138,7 @@ int sx_conn_open(sx_conn *c, const sx_conn_opts *o)
     c->retries = o->retries;
     c->max_retry_wait_ms = o->max_retry_wait_ms;
     c->rng = (unsigned)time(NULL) ^ (unsigned)(size_t)c;
+    c->pid = getpid();
     if (sx_transport_global_init() != 0 || (c->curl = curl_easy_init()) == NULL)
         return -1;
     if (add_header(c, "Content-Type: application/json") != 0 ||
@@ -259,10 +261,8 @@ int sx_retryable(sx_kind kind, long status, int not_sent, int idempotent)
     return idempotent || not_sent || status == 429;
 }
 
-void sx_conn_post(sx_conn *c, const char *url, const char *body, size_t len,
-                  int idempotent, sx_result *r)
+void sx_conn_start(sx_conn *c, const char *url, const char *body, size_t len, int idempotent)
 {
-    int attempt = 0;
     if (c->response.cap > 64 * 1024)
         sx_buf_free(&c->response); /* a large answer is not kept around */
     curl_easy_setopt(c->curl, CURLOPT_URL, url);
@@ -272,21 +272,53 @@ void sx_conn_post(sx_conn *c, const char *url, const char *body, size_t len,
     curl_easy_setopt(c->curl, CURLOPT_FRESH_CONNECT, idempotent ? 0L : 1L);
     curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(c->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+    sx_conn_reset(c);
+}
+
+void sx_conn_reset(sx_conn *c)
+{
+    sx_buf_reset(&c->response);
+    c->too_large = 0;
+    c->retry_after_ms = -1;
+    c->errbuf[0] = '\0';
+}
+
+void sx_conn_finish(sx_conn *c, CURLcode rc, int idempotent, int attempt, sx_result *r)
+{
+    int not_sent = classify(c, rc, r);
+    r->attempts = attempt;
+    r->retryable = r->kind != SX_OK && !c->too_large &&
+                   sx_retryable(r->kind, r->status, not_sent, idempotent);
+}
+
+void sx_conn_post(sx_conn *c, const char *url, const char *body, size_t len,
+                  int idempotent, sx_result *r)
+{
+    int attempt = 0;
+    sx_conn_start(c, url, body, len, idempotent);
     for (;;) {
-        CURLcode rc;
-        int not_sent;
         attempt++;
-        sx_buf_reset(&c->response);
-        c->too_large = 0;
-        c->retry_after_ms = -1;
-        c->errbuf[0] = '\0';
-        rc = curl_easy_perform(c->curl);
-        not_sent = classify(c, rc, r);
-        r->attempts = attempt;
-        r->retryable = r->kind != SX_OK && !c->too_large &&
-                       sx_retryable(r->kind, r->status, not_sent, idempotent);
+        if (attempt > 1)
+            sx_conn_reset(c);
+        sx_conn_finish(c, curl_easy_perform(c->curl), idempotent, attempt, r);
         if (!r->retryable || attempt > c->retries)
             return;
         sleep_ms(sx_backoff_ms(attempt, c->retry_after_ms, c->max_retry_wait_ms, &c->rng));
     }
+}
+
+int sx_conn_after_fork(sx_conn *c)
+{
+    CURL *fresh;
+    if (c->curl == NULL || c->pid == getpid())
+        return 0;
+    /* The handle's cached connections share their sockets (and TLS state)
+     * with the parent: closing them here would send on the parent's
+     * connections. The old handle is left alone (leaked, once per fork);
+     * a duplicate carries the options and no connections. */
+    if ((fresh = curl_easy_duphandle(c->curl)) == NULL)
+        return -1;
+    c->curl = fresh;
+    c->pid = getpid();
+    return 0;
 }

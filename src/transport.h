@@ -8,6 +8,7 @@
 #define SENDX_TRANSPORT_H
 
 #include <curl/curl.h>
+#include <sys/types.h>
 #include "buffer.h"
 
 #define SX_MAX_RESPONSE (1024 * 1024) /* bytes of response body kept */
@@ -20,7 +21,8 @@ typedef enum sx_kind {
     SX_TLS,
     SX_HTTP,
     SX_API,
-    SX_DECODE
+    SX_DECODE,
+    SX_SHUTDOWN  /* async: the client closed before the call completed */
 } sx_kind;
 
 /* What the caller chooses; strings are copied by sx_conn_open. */
@@ -43,6 +45,7 @@ typedef struct sx_conn {
     sx_buf response;        /* body of the last response */
     long retry_after_ms;    /* from the last response, -1 when absent */
     int too_large;          /* the last body passed SX_MAX_RESPONSE */
+    pid_t pid;              /* the process whose connections the handle holds */
     char errbuf[CURL_ERROR_SIZE];
 } sx_conn;
 
@@ -77,6 +80,18 @@ int sx_retryable(sx_kind kind, long status, int not_sent, int idempotent);
 
 /* A Retry-After value (delta-seconds or HTTP date) in ms; -1 when unusable. */
 long sx_retry_after_ms(const char *v, size_t len);
+
+/* The steps of sx_conn_post, for a caller that runs the transfer itself
+ * (a multi handle): sx_conn_start sets the request up, sx_conn_reset clears
+ * the last answer before a new attempt, and sx_conn_finish classifies the
+ * attempt that ended with `rc`. */
+void sx_conn_start(sx_conn *c, const char *url, const char *body, size_t len, int idempotent);
+void sx_conn_reset(sx_conn *c);
+void sx_conn_finish(sx_conn *c, CURLcode rc, int idempotent, int attempt, sx_result *r);
+
+/* In a child process after fork(), swaps the handle for a duplicate without
+ * the parent's connections. 0 when nothing was needed or it worked. */
+int sx_conn_after_fork(sx_conn *c);
 
 /* The wait before attempt `attempt + 1` (attempt >= 1): exponential backoff
  * with jitter, never below retry_after_ms (clamped to max_wait_ms). */

@@ -2,7 +2,7 @@
  * host.c - a C program that embeds Lua 5.4 and links sendx in.
  *
  * Runs THREADS threads at once, each with a lua_State of its own, each
- * calling identify and track CALLS times. The module is linked into the
+ * calling identify, track and identify_async CALLS times. The module is linked into the
  * program (no sendx.so) and made visible to `require` through
  * package.preload. Credentials and the base URL come from SENDX_API_KEY,
  * SENDX_TEAM_ID and SENDX_BASE_URL, as for any script:
@@ -35,6 +35,17 @@ static const char script[] =
     "  if not res then error(err, 0) end\n"
     "  res, err = sendx.track(email, { addTags = { 'Embedded' } })\n"
     "  if not res then error(err, 0) end\n"
+    "end\n"
+    "-- and as many queued calls, sent by the client's background thread\n"
+    "local delivered = 0\n"
+    "for i = 1, calls do\n"
+    "  assert(client:identify_async({ email = string.format('async-%d-%d@example.com', thread, i) },\n"
+    "    function(res, err) if res then delivered = delivered + 1 else error(err, 0) end end))\n"
+    "end\n"
+    "local ok, why, errors = client:flush(30)\n"
+    "if not ok or errors or delivered ~= calls then\n"
+    "  error(string.format('async: %d of %d delivered (%s)', delivered, calls,\n"
+    "    tostring(why or (errors and errors[1]))), 0)\n"
     "end\n"
     "client:close()\n"
     "return calls\n";
@@ -79,8 +90,9 @@ static void *run(void *arg)
         lua_pushinteger(L, j->calls);
         if (lua_pcall(L, 2, 1, 0) == LUA_OK) {
             j->ok = 1;
-            snprintf(j->message, sizeof j->message, "%d identify and %d track calls",
-                     (int)lua_tointeger(L, -1), (int)lua_tointeger(L, -1));
+            int n = (int)lua_tointeger(L, -1);
+            snprintf(j->message, sizeof j->message, "%d identify, %d track and %d async identify calls",
+                     n, n, n);
         } else {
             snprintf(j->message, sizeof j->message, "%s", message(L));
         }

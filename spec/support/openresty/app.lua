@@ -13,6 +13,9 @@ end
 
 function M.init()
   M.results.init = M.attempt()
+  local sendx = require "sendx"
+  local ok, err = pcall(sendx.identify_async, { email = "phase@example.com" })
+  M.results.init_async = ok and "no error" or tostring(err)
 end
 
 function M.init_worker()
@@ -49,6 +52,15 @@ end
 function M.identify_into(key)
   local res, err = M.client:identify { email = ngx.var.arg_email }
   ngx.shared.results:set(key, res and "ok" or err)
+end
+
+-- identify_async with app.lua's client; the callback stores its verdict in
+-- the shared dict under `key`.
+function M.identify_async_into(key)
+  local ok, err = M.client:identify_async({ email = ngx.var.arg_email }, function(res, e)
+    ngx.shared.results:set(key, (res and "ok" or e) .. " in " .. ngx.get_phase())
+  end)
+  if not ok then ngx.shared.results:set(key, "not queued: " .. err) end
 end
 
 return M

@@ -1,0 +1,463 @@
+/*
+ * async.c - the background worker: a queue, a thread, a libcurl multi
+ * handle with up to max_in_flight transfers, and the retry policy of the
+ * synchronous calls (backoff, Retry-After, the ++N rule via sx_conn_finish).
+ *
+ * The lock guards the lists and counters shared with the caller's thread;
+ * the multi handle, the slots and the retry list belong to the worker.
+ */
+#include "async.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_SLOTS 64
+
+struct sx_async {
+    pthread_mutex_t mu;
+    pthread_t thread;
+    pid_t pid;
+    int efd;                       /* eventfd: readable while done is not empty */
+    CURLM *multi;
+    sx_async_opts o;
+    unsigned rng;
+    /* under mu */
+    sx_job *pending, *pending_tail;
+    sx_job *done, *done_tail;
+    long npending, nwaiting, nin_flight, ndone;
+    size_t pending_bytes;
+    long sent, failed, retried, dropped;
+    int stopping;
+    /* the worker's own */
+    sx_job *waiting;               /* retries, until their due time */
+    int nslots;
+    sx_conn slots[MAX_SLOTS];
+    sx_job *busy[MAX_SLOTS];
+};
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---------------------------------------------------------------------------
+ * Jobs and lists
+ * ------------------------------------------------------------------------ */
+
+sx_job *sx_job_new(const char *url, const char *body, size_t len, int idempotent)
+{
+    size_t ulen = strlen(url);
+    sx_job *j = malloc(sizeof *j + ulen + 1 + len + 1);
+    if (j == NULL)
+        return NULL;
+    memset(j, 0, sizeof *j);
+    j->url = (char *)(j + 1);
+    memcpy(j->url, url, ulen + 1);
+    j->body = j->url + ulen + 1;
+    memcpy(j->body, body, len);
+    j->body[len] = '\0';
+    j->len = len;
+    j->idempotent = idempotent;
+    return j;
+}
+
+void sx_job_free(sx_job *j)
+{
+    if (j != NULL)
+        free(j->response);
+    free(j);
+}
+
+static void append(sx_job **head, sx_job **tail, sx_job *j)
+{
+    j->next = NULL;
+    if (*tail != NULL)
+        (*tail)->next = j;
+    else
+        *head = j;
+    *tail = j;
+}
+
+static sx_job *pop(sx_job **head, sx_job **tail)
+{
+    sx_job *j = *head;
+    if (j != NULL) {
+        *head = j->next;
+        if (*head == NULL)
+            *tail = NULL;
+        j->next = NULL;
+    }
+    return j;
+}
+
+static void free_list(sx_job *j)
+{
+    while (j != NULL) {
+        sx_job *next = j->next;
+        sx_job_free(j);
+        j = next;
+    }
+}
+
+/* ---------------------------------------------------------------------------
+ * The caller's side
+ * ------------------------------------------------------------------------ */
+
+int sx_async_submit(sx_async *a, sx_job *j)
+{
+    int ok;
+    pthread_mutex_lock(&a->mu);
+    ok = !a->stopping && a->npending + a->nwaiting < a->o.max_queue &&
+         a->pending_bytes + j->len <= a->o.max_bytes;
+    if (ok) {
+        append(&a->pending, &a->pending_tail, j);
+        a->npending++;
+        a->pending_bytes += j->len;
+    } else if (!a->stopping) {
+        a->dropped++;
+    }
+    pthread_mutex_unlock(&a->mu);
+    if (ok)
+        curl_multi_wakeup(a->multi);
+    return ok ? 0 : -1;
+}
+
+sx_job *sx_async_take(sx_async *a)
+{
+    sx_job *j;
+    pthread_mutex_lock(&a->mu);
+    j = pop(&a->done, &a->done_tail);
+    if (j != NULL)
+        a->ndone--;
+    if (a->done == NULL) {
+        uint64_t n;
+        while (read(a->efd, &n, sizeof n) > 0) /* non-blocking: drains */
+            ;
+    }
+    pthread_mutex_unlock(&a->mu);
+    return j;
+}
+
+void sx_async_stats(sx_async *a, sx_stats *s)
+{
+    pthread_mutex_lock(&a->mu);
+    s->queued = a->npending + a->nwaiting;
+    s->in_flight = a->nin_flight;
+    s->sent = a->sent;
+    s->failed = a->failed;
+    s->retried = a->retried;
+    s->dropped = a->dropped;
+    pthread_mutex_unlock(&a->mu);
+}
+
+long sx_async_outstanding(sx_async *a)
+{
+    long n;
+    pthread_mutex_lock(&a->mu);
+    n = a->npending + a->nwaiting + a->nin_flight + a->ndone;
+    pthread_mutex_unlock(&a->mu);
+    return n;
+}
+
+int sx_async_fd(sx_async *a)
+{
+    return a->efd;
+}
+
+pid_t sx_async_pid(const sx_async *a)
+{
+    return a->pid;
+}
+
+void sx_async_wait(sx_async *a, long ms)
+{
+    struct pollfd p;
+    p.fd = a->efd;
+    p.events = POLLIN;
+    p.revents = 0;
+    while (poll(&p, 1, (int)ms) < 0 && errno == EINTR)
+        ;
+}
+
+/* ---------------------------------------------------------------------------
+ * The worker
+ * ------------------------------------------------------------------------ */
+
+/* Under mu: hands j back to the caller. */
+static void complete(sx_async *a, sx_job *j)
+{
+    uint64_t one = 1;
+    append(&a->done, &a->done_tail, j);
+    a->ndone++;
+    if (j->r.kind == SX_OK)
+        a->sent++;
+    else
+        a->failed++;
+    if (write(a->efd, &one, sizeof one) < 0) {
+        /* the counter cannot overflow in practice; readiness stays set */
+    }
+}
+
+/* The oldest retry that is due, or NULL. */
+static sx_job *due_retry(sx_async *a, long long now)
+{
+    sx_job **p;
+    for (p = &a->waiting; *p != NULL; p = &(*p)->next) {
+        if ((*p)->due_ms <= now) {
+            sx_job *j = *p;
+            *p = j->next;
+            j->next = NULL;
+            return j;
+        }
+    }
+    return NULL;
+}
+
+/* Under mu: fills free slots with due retries, then with queued jobs. */
+static void start_ready(sx_async *a)
+{
+    long long now = now_ms();
+    int i;
+    for (i = 0; i < a->nslots; i++) {
+        sx_job *j;
+        if (a->busy[i] != NULL)
+            continue;
+        if ((j = due_retry(a, now)) != NULL) {
+            a->nwaiting--;
+        } else if ((j = pop(&a->pending, &a->pending_tail)) != NULL) {
+            a->npending--;
+            a->pending_bytes -= j->len;
+        } else {
+            break;
+        }
+        sx_conn_start(&a->slots[i], j->url, j->body, j->len, j->idempotent);
+        j->attempts++;
+        if (curl_multi_add_handle(a->multi, a->slots[i].curl) != CURLM_OK) {
+            j->r.kind = SX_NETWORK;
+            j->r.attempts = j->attempts;
+            j->r.message = "libcurl could not start the transfer";
+            complete(a, j);
+            continue;
+        }
+        a->busy[i] = j;
+        a->nin_flight++;
+    }
+}
+
+/* Keeps what the caller needs once the slot is reused. */
+static void keep_outcome(sx_job *j, sx_conn *slot)
+{
+    if (j->r.message != NULL) {
+        size_t n = strlen(j->r.message);
+        if (n >= sizeof j->message)
+            n = sizeof j->message - 1;
+        memcpy(j->message, j->r.message, n);
+        j->message[n] = '\0';
+        j->r.message = j->message;
+    }
+    if (slot->response.len > 0 && !slot->too_large &&
+        (j->response = malloc(slot->response.len)) != NULL) {
+        memcpy(j->response, slot->response.data, slot->response.len);
+        j->response_len = slot->response.len;
+    }
+}
+
+/* Collects finished transfers: retries them later or completes them. */
+static void collect(sx_async *a)
+{
+    CURLMsg *m;
+    int left, i;
+    while ((m = curl_multi_info_read(a->multi, &left)) != NULL) {
+        sx_job *j;
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        for (i = 0; i < a->nslots && a->slots[i].curl != m->easy_handle; i++)
+            ;
+        if (i == a->nslots || (j = a->busy[i]) == NULL)
+            continue;
+        curl_multi_remove_handle(a->multi, m->easy_handle);
+        a->busy[i] = NULL;
+        sx_conn_finish(&a->slots[i], m->data.result, j->idempotent, j->attempts, &j->r);
+        pthread_mutex_lock(&a->mu);
+        a->nin_flight--;
+        if (j->r.retryable && j->attempts <= a->o.retries && !a->stopping) {
+            j->due_ms = now_ms() + sx_backoff_ms(j->attempts, a->slots[i].retry_after_ms,
+                                                 a->o.max_retry_wait_ms, &a->rng);
+            j->next = a->waiting;
+            a->waiting = j;
+            a->nwaiting++;
+            a->retried++;
+        } else {
+            keep_outcome(j, &a->slots[i]);
+            complete(a, j);
+        }
+        pthread_mutex_unlock(&a->mu);
+    }
+}
+
+/* How long the worker may sleep: until the next retry is due, at most 1 s. */
+static int sleep_ms(sx_async *a)
+{
+    long long now = now_ms(), next = now + 1000;
+    sx_job *j;
+    for (j = a->waiting; j != NULL; j = j->next)
+        if (j->due_ms < next)
+            next = j->due_ms;
+    return next > now ? (int)(next - now) : 0;
+}
+
+static void shut_down(sx_async *a, sx_job *j)
+{
+    j->r.kind = SX_SHUTDOWN;
+    j->r.status = 0;
+    j->r.retryable = 0;
+    j->r.attempts = j->attempts;
+    j->r.message = "the client was closed before the call completed";
+    complete(a, j);
+}
+
+/* Under mu, once stopping: everything left goes back as shut down. */
+static void abandon_all(sx_async *a)
+{
+    sx_job *j;
+    int i;
+    for (i = 0; i < a->nslots; i++) {
+        if ((j = a->busy[i]) == NULL)
+            continue;
+        curl_multi_remove_handle(a->multi, a->slots[i].curl);
+        a->busy[i] = NULL;
+        a->nin_flight--;
+        shut_down(a, j);
+    }
+    while ((j = a->waiting) != NULL) {
+        a->waiting = j->next;
+        a->nwaiting--;
+        shut_down(a, j);
+    }
+    while ((j = pop(&a->pending, &a->pending_tail)) != NULL) {
+        a->npending--;
+        a->pending_bytes -= j->len;
+        shut_down(a, j);
+    }
+}
+
+static void *worker(void *arg)
+{
+    sx_async *a = arg;
+    for (;;) {
+        int running, stop;
+        pthread_mutex_lock(&a->mu);
+        stop = a->stopping;
+        if (stop)
+            abandon_all(a);
+        else
+            start_ready(a);
+        pthread_mutex_unlock(&a->mu);
+        if (stop)
+            return NULL;
+        curl_multi_perform(a->multi, &running);
+        collect(a);
+        curl_multi_poll(a->multi, NULL, 0, sleep_ms(a), NULL);
+    }
+}
+
+/* ---------------------------------------------------------------------------
+ * Life cycle
+ * ------------------------------------------------------------------------ */
+
+static void free_slots(sx_async *a)
+{
+    int i;
+    for (i = 0; i < a->nslots; i++) {
+        a->slots[i].headers = NULL; /* the client's, not ours */
+        sx_conn_close(&a->slots[i]);
+    }
+}
+
+/* A slot: a duplicate of the model with its callbacks pointed at itself. */
+static int open_slot(sx_conn *s, CURL *model, const sx_async_opts *o)
+{
+    int ok;
+    memset(s, 0, sizeof *s);
+    if ((s->curl = curl_easy_duphandle(model)) == NULL)
+        return -1;
+    ok = curl_easy_setopt(s->curl, CURLOPT_WRITEDATA, s) == CURLE_OK &&
+         curl_easy_setopt(s->curl, CURLOPT_HEADERDATA, s) == CURLE_OK &&
+         curl_easy_setopt(s->curl, CURLOPT_ERRORBUFFER, s->errbuf) == CURLE_OK;
+    s->retries = o->retries;
+    s->max_retry_wait_ms = o->max_retry_wait_ms;
+    s->retry_after_ms = -1;
+    s->pid = getpid();
+    return ok ? 0 : -1;
+}
+
+sx_async *sx_async_new(CURL *model, const sx_async_opts *o)
+{
+    sx_async *a = calloc(1, sizeof *a);
+    int i;
+    if (a == NULL)
+        return NULL;
+    a->o = *o;
+    a->pid = getpid();
+    a->rng = (unsigned)time(NULL) ^ (unsigned)(size_t)a;
+    a->nslots = o->max_in_flight < 1 ? 1 : o->max_in_flight > MAX_SLOTS ? MAX_SLOTS : o->max_in_flight;
+    a->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    a->multi = curl_multi_init();
+    for (i = 0; i < a->nslots; i++)
+        if (open_slot(&a->slots[i], model, o) != 0)
+            break;
+    if (i < a->nslots || a->efd < 0 || a->multi == NULL ||
+        pthread_mutex_init(&a->mu, NULL) != 0) {
+        free_slots(a); /* the slots not opened are zeroed: closing them is a no-op */
+        if (a->multi != NULL)
+            curl_multi_cleanup(a->multi);
+        if (a->efd >= 0)
+            close(a->efd);
+        free(a);
+        return NULL;
+    }
+    /* connections kept for reuse: enough for every slot */
+    curl_multi_setopt(a->multi, CURLMOPT_MAXCONNECTS, (long)a->nslots);
+    if (pthread_create(&a->thread, NULL, worker, a) != 0) {
+        pthread_mutex_destroy(&a->mu);
+        free_slots(a);
+        curl_multi_cleanup(a->multi);
+        close(a->efd);
+        free(a);
+        return NULL;
+    }
+    return a;
+}
+
+void sx_async_stop(sx_async *a)
+{
+    pthread_mutex_lock(&a->mu);
+    a->stopping = 1;
+    pthread_mutex_unlock(&a->mu);
+    curl_multi_wakeup(a->multi);
+    pthread_join(a->thread, NULL);
+}
+
+void sx_async_free(sx_async *a)
+{
+    free_list(a->done);
+    pthread_mutex_destroy(&a->mu);
+    free_slots(a);
+    curl_multi_cleanup(a->multi);
+    close(a->efd);
+    free(a);
+}
+
+void sx_async_abandon(sx_async *a)
+{
+    /* Our copy of the descriptor only; the parent's stays open. */
+    close(a->efd);
+}

@@ -1,0 +1,85 @@
+/*
+ * async.h - background delivery: a bounded queue of requests and one worker
+ * thread per client that sends them with libcurl's multi interface.
+ *
+ * Knows nothing of Lua: the worker never enters Lua. Jobs go in with
+ * sx_async_submit and come back, completed (or abandoned at shutdown), with
+ * sx_async_take; the caller turns them into Lua values on its own thread.
+ */
+#ifndef SENDX_ASYNC_H
+#define SENDX_ASYNC_H
+
+#include "transport.h"
+
+typedef struct sx_job {
+    struct sx_job *next;
+    char *url, *body;     /* in the same allocation as the job */
+    size_t len;
+    int idempotent;
+    int ref;              /* the caller's (a Lua registry ref); never read here */
+    int attempts;
+    long long due_ms;     /* a retry waits until then (monotonic clock) */
+    /* the outcome, once completed */
+    sx_result r;          /* r.message points into message[] or is NULL */
+    char message[CURL_ERROR_SIZE];
+    char *response;       /* the body (malloc'ed), NULL when none */
+    size_t response_len;
+} sx_job;
+
+typedef struct sx_stats {
+    long queued, in_flight, sent, failed, retried, dropped;
+} sx_stats;
+
+typedef struct sx_async sx_async;
+
+typedef struct sx_async_opts {
+    int max_in_flight;
+    long max_queue;        /* jobs waiting (not in flight) */
+    size_t max_bytes;      /* bytes of bodies waiting */
+    int retries;
+    long max_retry_wait_ms;
+} sx_async_opts;
+
+/* Starts the worker. Its handles are duplicates of `model` (options, no
+ * connections). NULL when memory, libcurl or the thread failed. */
+sx_async *sx_async_new(CURL *model, const sx_async_opts *o);
+
+/* A job carrying copies of url and body; NULL when out of memory. */
+sx_job *sx_job_new(const char *url, const char *body, size_t len, int idempotent);
+void sx_job_free(sx_job *j);
+
+/* Queues j: 0, or -1 when the queue is full or stopping (j is not taken;
+ * a full queue counts in `dropped`). */
+int sx_async_submit(sx_async *a, sx_job *j);
+
+/* The oldest completed job, or NULL. Drains the readiness descriptor when
+ * nothing is left. */
+sx_job *sx_async_take(sx_async *a);
+
+void sx_async_stats(sx_async *a, sx_stats *s);
+
+/* Jobs submitted and not yet taken back. */
+long sx_async_outstanding(sx_async *a);
+
+/* Readable while completed jobs wait to be taken. */
+int sx_async_fd(sx_async *a);
+
+/* Waits up to ms (or until a job completes). */
+void sx_async_wait(sx_async *a, long ms);
+
+/* Stops the worker: what is queued or in flight comes back (sx_async_take)
+ * with kind SX_SHUTDOWN, counted as failed. Returns when the thread ended. */
+void sx_async_stop(sx_async *a);
+
+/* Frees a stopped worker's state (jobs not taken are freed too). */
+void sx_async_free(sx_async *a);
+
+/* In a forked child: lets go of the parent's worker state without touching
+ * its lock, thread or connections (they are the parent's; the memory is
+ * leaked, once per fork). */
+void sx_async_abandon(sx_async *a);
+
+/* The process that created a. */
+pid_t sx_async_pid(const sx_async *a);
+
+#endif
