@@ -250,6 +250,54 @@ describe("async", function()
     assert.equal(20, #m:requests())
   end)
 
+  it("refills a slot as soon as a transfer ends", function()
+    local c = new { max_in_flight = 1 }
+    local t0 = now()
+    for i = 1, 20 do c:identify_async { email = "slot" .. i .. "@example.com" } end
+    assert.is_true(c:flush(30))
+    -- a slot left idle until the worker's next wakeup would take about 1 s per call
+    assert.is_true(now() - t0 < 2, "took " .. (now() - t0) .. " s")
+  end)
+
+  it("close returns when a shutdown callback starts another client's worker", function()
+    local ok = helpers.run_script(string.format([[
+      local sendx = require "sendx"
+      local opts = { api_key = %q, team_id = %q, base_url = "http://127.0.0.1:9/api/v1", retries = 5 }
+      local c1 = sendx.new(opts)
+      local c2 = sendx.new(opts)
+      for i = 1, 3 do
+        c1:identify_async({ email = "c1-" .. i .. "@example.com" }, function()
+          c2:identify_async { email = "c2@example.com" } -- starts c2's worker
+        end)
+      end
+      c1:close(0.1)
+      c2:close(0.1)
+    ]], m.api_key, m.team_id), "timeout 20 env")
+    assert.is_true(ok)
+  end)
+
+  it("survives finalizers that close the client while poll turns results into values", function()
+    -- meaningful under make test-asan (aggressive GC, ASan): no use after free
+    for _ = 1, 20 do
+      local c = helpers.client(sendx, m)
+      for i = 1, 20 do c:identify_async({ email = "gc" .. i .. "@example.com" }, function() end) end
+      for _ = 1, 200 do
+        if c:stats().sent == 20 then break end
+        socket.sleep(0.01)
+      end
+      for _ = 1, 50 do -- garbage whose finalizers close the client
+        if newproxy then
+          local u = newproxy(true)
+          getmetatable(u).__gc = function() c:close(0) end
+        else
+          setmetatable({}, { __gc = function() c:close(0) end })
+        end
+      end
+      pcall(c.poll, c) -- may find the client closed midway; must not crash
+      c:close(0)
+    end
+  end)
+
   describe("fork", function()
     local has_posix = pcall(require, "posix.unistd")
 
@@ -264,8 +312,16 @@ describe("async", function()
         local sendx = require "sendx"
         local c = sendx.new { api_key = %q, team_id = %q, base_url = %q, max_in_flight = 2 }
         for i = 1, 6 do c:identify_async { email = "parent" .. i .. "@example.com" } end
+        local parent_callbacks = 0
+        sendx.configure { api_key = %q, team_id = %q, base_url = %q }
+        for i = 1, 2 do
+          sendx.identify_async({ email = "default" .. i .. "@example.com" },
+            function() parent_callbacks = parent_callbacks + 1 end)
+        end
         local pid = unistd.fork()
         if pid == 0 then
+          -- the parent's queued calls and callbacks are not the child's
+          if not sendx.flush(5) or parent_callbacks ~= 0 then unistd._exit(2) end
           local got = 0
           for i = 1, 3 do
             c:identify_async({ email = "child" .. i .. "@example.com" }, function(res) if res then got = got + 1 end end)
@@ -274,9 +330,10 @@ describe("async", function()
           unistd._exit((flushed and got == 3) and 0 or 1)
         end
         assert(c:flush(10))
+        assert(sendx.flush(10) and parent_callbacks == 2)
         local _, _, status = wait.wait(pid)
         os.exit(status == 0 and 0 or 1)
-      ]], m.api_key, m.team_id, m.url))
+      ]], m.api_key, m.team_id, m.url, m.api_key, m.team_id, m.url))
       assert.is_true(ok)
       local count = {}
       for _, r in ipairs(m:requests()) do
@@ -284,7 +341,34 @@ describe("async", function()
         if email then count[email] = (count[email] or 0) + 1 end
       end
       for i = 1, 6 do assert.equal(1, count["parent" .. i .. "@example.com"], "parent" .. i) end
+      for i = 1, 2 do assert.equal(1, count["default" .. i .. "@example.com"], "default" .. i) end
       for i = 1, 3 do assert.equal(1, count["child" .. i .. "@example.com"], "child" .. i) end
+    end)
+
+    it("a child that closes a client leaves the parent's TLS connection alone", function()
+      if not has_posix then
+        pending("needs lua-posix, which Debian 12 has for Lua 5.1-5.3 and LuaJIT only")
+        return
+      end
+      local tm = mock.start()
+      finally(function() tm:stop() end)
+      local ok = helpers.run_script(string.format([[
+        local unistd, wait = require "posix.unistd", require "posix.sys.wait"
+        local sendx = require "sendx"
+        local c = sendx.new { api_key = %q, team_id = %q, base_url = %q, ca_file = %q, retries = 0 }
+        assert(c:identify { email = "tls1@example.com" })
+        local pid = unistd.fork()
+        if pid == 0 then
+          c:close() -- must not shut down the parent's connection
+          unistd._exit(0)
+        end
+        wait.wait(pid)
+        local res, err = c:identify { email = "tls2@example.com" }
+        os.exit(res and 0 or 1)
+      ]], tm.api_key, tm.team_id, tm.tls_url, tm.ca_file))
+      assert.is_true(ok)
+      assert.equal(2, #tm:requests())
+      assert.equal(1, tm:connections())
     end)
   end)
 end)

@@ -34,6 +34,7 @@ struct sx_async {
     size_t pending_bytes;
     long sent, failed, retried, dropped;
     int stopping;
+    int joined;                    /* the caller's: the thread was joined */
     /* the worker's own */
     sx_job *waiting;               /* retries, until their due time */
     int nslots;
@@ -270,22 +271,25 @@ static void keep_outcome(sx_job *j, sx_conn *slot)
     }
 }
 
-/* Collects finished transfers: retries them later or completes them. */
-static void collect(sx_async *a)
+/* Collects finished transfers: retries them later or completes them.
+ * Returns how many slots it freed. */
+static int collect(sx_async *a)
 {
     CURLMsg *m;
-    int left, i;
+    int left, i, freed = 0;
     while ((m = curl_multi_info_read(a->multi, &left)) != NULL) {
         sx_job *j;
+        CURLcode rc = m->data.result; /* m does not outlive the removal */
         if (m->msg != CURLMSG_DONE)
             continue;
         for (i = 0; i < a->nslots && a->slots[i].curl != m->easy_handle; i++)
             ;
         if (i == a->nslots || (j = a->busy[i]) == NULL)
             continue;
-        curl_multi_remove_handle(a->multi, m->easy_handle);
+        curl_multi_remove_handle(a->multi, a->slots[i].curl);
         a->busy[i] = NULL;
-        sx_conn_finish(&a->slots[i], m->data.result, j->idempotent, j->attempts, &j->r);
+        freed++;
+        sx_conn_finish(&a->slots[i], rc, j->idempotent, j->attempts, &j->r);
         pthread_mutex_lock(&a->mu);
         a->nin_flight--;
         if (j->r.retryable && j->attempts <= a->o.retries && !a->stopping) {
@@ -301,16 +305,22 @@ static void collect(sx_async *a)
         }
         pthread_mutex_unlock(&a->mu);
     }
+    return freed;
 }
 
-/* How long the worker may sleep: until the next retry is due, at most 1 s. */
+/* How long the worker may sleep: until the next retry is due (when a slot
+ * is free to take it), at most 1 s; transfers and wakeups end it sooner. */
 static int sleep_ms(sx_async *a)
 {
     long long now = now_ms(), next = now + 1000;
     sx_job *j;
-    for (j = a->waiting; j != NULL; j = j->next)
-        if (j->due_ms < next)
-            next = j->due_ms;
+    int i, free_slot = 0;
+    for (i = 0; i < a->nslots && !free_slot; i++)
+        free_slot = a->busy[i] == NULL;
+    if (free_slot)
+        for (j = a->waiting; j != NULL; j = j->next)
+            if (j->due_ms < next)
+                next = j->due_ms;
     return next > now ? (int)(next - now) : 0;
 }
 
@@ -364,8 +374,12 @@ static void *worker(void *arg)
         if (stop)
             return NULL;
         curl_multi_perform(a->multi, &running);
-        collect(a);
-        curl_multi_poll(a->multi, NULL, 0, sleep_ms(a), NULL);
+        if (collect(a) > 0)
+            continue; /* fill the freed slots before sleeping */
+        if (curl_multi_poll(a->multi, NULL, 0, sleep_ms(a), NULL) != CURLM_OK) {
+            struct timespec ts = { 0, 10000000 }; /* no busy loop on a broken poll */
+            nanosleep(&ts, NULL);
+        }
     }
 }
 
@@ -392,6 +406,10 @@ static int open_slot(sx_conn *s, CURL *model, const sx_async_opts *o)
     ok = curl_easy_setopt(s->curl, CURLOPT_WRITEDATA, s) == CURLE_OK &&
          curl_easy_setopt(s->curl, CURLOPT_HEADERDATA, s) == CURLE_OK &&
          curl_easy_setopt(s->curl, CURLOPT_ERRORBUFFER, s->errbuf) == CURLE_OK;
+#if LIBCURL_VERSION_NUM >= 0x075700
+    /* close() must not wait for a DNS lookup in flight */
+    ok = ok && curl_easy_setopt(s->curl, CURLOPT_QUICK_EXIT, 1L) == CURLE_OK;
+#endif
     s->retries = o->retries;
     s->max_retry_wait_ms = o->max_retry_wait_ms;
     s->retry_after_ms = -1;
@@ -439,6 +457,9 @@ sx_async *sx_async_new(CURL *model, const sx_async_opts *o)
 
 void sx_async_stop(sx_async *a)
 {
+    if (a->joined)
+        return;
+    a->joined = 1;
     pthread_mutex_lock(&a->mu);
     a->stopping = 1;
     pthread_mutex_unlock(&a->mu);

@@ -43,6 +43,7 @@ typedef struct sx_client {
     sx_async_opts aopts; /* for the background worker, started on first use */
     sx_async *async;
     sx_job *limbo;       /* completed jobs being turned into Lua values */
+    int running;         /* run_done calls active (a callback may nest one) */
     int on_error_ref;    /* on_error option (registry ref), or LUA_NOREF */
     char key_tail[8];    /* what tostring may show of the key */
     const char *missing; /* default client without credentials: why */
@@ -253,12 +254,11 @@ static const char *base_url_problem(const char *url, int *plain)
     if ((u = curl_url()) == NULL)
         return "not enough memory";
     if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
-        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK)
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
         why = "not a valid http(s) URL";
     else if (strcmp(scheme, "https") != 0 && strcmp(scheme, "http") != 0)
         why = "only http and https URLs are accepted";
-    else if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
-        why = "not a valid http(s) URL";
     else if ((*plain = strcmp(scheme, "http") == 0) && !is_loopback(host))
         why = "plain http is refused for a host that is not loopback (use https)";
     curl_free(scheme);
@@ -353,13 +353,16 @@ static void drop_async(lua_State *L, sx_client *c)
 static void client_release(lua_State *L, sx_client *c)
 {
     drop_async(L, c);
-    while (c->limbo != NULL) {
+    while (c->limbo != NULL && c->running == 0) { /* else the active run_done frees them */
         sx_job *j = c->limbo;
         c->limbo = j->next;
+        luaL_unref(L, LUA_REGISTRYINDEX, j->ref);
         sx_job_free(j);
     }
     luaL_unref(L, LUA_REGISTRYINDEX, c->on_error_ref);
     c->on_error_ref = LUA_NOREF;
+    if (c->open && c->conn.pid != getpid())
+        c->conn.curl = NULL; /* the parent's connections: left alone, never shut down */
     if (c->open)
         sx_conn_close(&c->conn);
     c->open = 0;
@@ -783,21 +786,30 @@ static int run_done(lua_State *L, sx_client *c, int errs)
 {
     int n = 0;
     sx_job *j;
-    while (c->async != NULL && (j = sx_async_take(c->async)) != NULL) {
+    while (c->async != NULL && sx_async_pid(c->async) == getpid() &&
+           (j = sx_async_take(c->async)) != NULL) {
         int base = lua_gettop(L), nres, ref = j->ref;
+        sx_result r = j->r; /* copied: a finalizer run by the pushes may close c */
+        char message[CURL_ERROR_SIZE];
+        if (r.message != NULL) {
+            snprintf(message, sizeof message, "%s", r.message);
+            r.message = message;
+        }
         j->next = c->limbo; /* freed by close if a Lua error escapes from here */
         c->limbo = j;
+        c->running++;
         lua_rawgeti(L, LUA_REGISTRYINDEX, ref); /* nil for LUA_NOREF */
         if (j->response != NULL)
             lua_pushlstring(L, j->response, j->response_len);
         else
             lua_pushnil(L);
-        nres = push_result(L, base + 2, &j->r); /* leaves scratch values below */
+        c->running--;
+        unlink_limbo(c, j);
+        sx_job_free(j); /* before push_result: its allocations may run finalizers */
+        luaL_unref(L, LUA_REGISTRYINDEX, ref);
+        nres = push_result(L, base + 2, &r); /* leaves scratch values below */
         lua_pushvalue(L, base + 1);
         lua_insert(L, -(nres + 1)); /* callback, results */
-        unlink_limbo(c, j);
-        sx_job_free(j);
-        luaL_unref(L, LUA_REGISTRYINDEX, ref);
         n++;
         if (!lua_isnil(L, base + 1) && lua_pcall(L, nres, 0, 0) != 0)
             report_error(L, c, errs);
@@ -1108,6 +1120,8 @@ static int l_flush(lua_State *L)
     c = default_client(L);
     lua_newtable(L);
     errs = lua_gettop(L);
+    if (c->async != NULL && sx_async_pid(c->async) != getpid())
+        drop_async(L, c); /* the parent's calls: the parent sends them */
     return flush_client(L, c, timeout, errs);
 }
 
@@ -1166,7 +1180,7 @@ static int l_bridge_target(lua_State *L)
         lua_setfield(L, -2, "scheme");
         lua_pushstring(L, host);
         lua_setfield(L, -2, "host");
-        lua_pushinteger(L, atoi(port));
+        lua_pushinteger(L, (lua_Integer)strtol(port, NULL, 10));
         lua_setfield(L, -2, "port");
     }
     curl_free(scheme);

@@ -386,7 +386,6 @@ return function(module, methods, bridge)
       q.first = q.first + 1
       st.queued, st.in_flight = st.queued - 1, st.in_flight + 1
       local ok, res, err, info = pcall(send, client, job[1], job[2], job[3], st)
-      st.in_flight = st.in_flight - 1
       if ok and res then st.sent = st.sent + 1 else st.failed = st.failed + 1 end
       if not ok then
         res, err, info = nil, "sendx: " .. tostring(res), { kind = "network", retryable = false, attempts = 1 }
@@ -395,6 +394,7 @@ return function(module, methods, bridge)
         local cok, cerr = pcall(job[4], res, err, info)
         if not cok then ngx.log(ngx.ERR, "sendx: callback error: ", tostring(cerr)) end
       end
+      st.in_flight = st.in_flight - 1 -- after the callback: flush waits for it
     end
     q.workers = q.workers - 1
   end
