@@ -2,10 +2,16 @@
 #
 #   make                 build build/lua$(LUA_VERSION)/sendx.so (LUA_VERSION: 5.1 5.2 5.3 5.4 jit)
 #   make test            install what is missing, then build with -Werror and run the busted
-#                        suite for every Lua version, the OpenResty and the embedding specs
-#   make test-one        the same for LUA_VERSION only
+#                        suite for every Lua version (OpenResty and embedding specs included),
+#                        embed-tsan, check, test-asan and a bounded fuzz run: what CI runs
+#   make test-one        the busted suite for LUA_VERSION only
 #   make demo            install what is missing, start the mock server, run examples/quickstart.lua
 #   make embed-tsan      build examples/embed under ThreadSanitizer and run it against the mock
+#   make bench           benchmarks against the limit and the peers (bench/RESULTS.md)
+#   make test-asan       the Lua 5.4 suite under ASan + UBSan, once with aggressive GC
+#   make test-valgrind   specs 10, 20, 30 and 70 under valgrind memcheck
+#   make check           cppcheck, clang-tidy, warning-free gcc and clang builds
+#   make fuzz            libFuzzer: the encoder and the response path, FUZZ_SECONDS each
 #   make install         install sendx.so and sendx/resty.lua under $(DESTDIR)$(PREFIX)
 
 LUA_VERSION ?= 5.4
@@ -43,7 +49,7 @@ MODULE  = $(BUILD)/sendx.so
 
 BUSTED_ARGS ?=
 
-.PHONY: all test test-one test-all demo embed embed-tsan install uninstall clean
+.PHONY: all check fuzz test-valgrind test test-one test-all test-asan demo embed embed-tsan bench install uninstall clean
 
 all: $(MODULE)
 
@@ -53,10 +59,17 @@ $(MODULE): $(SOURCES) $(HEADERS) Makefile
 	  $(CFLAGS) $(WARNINGS) $(WERROR) -I$(LUA_INCDIR) $(CURL_CFLAGS) \
 	  -o $@ $(SOURCES) $(CURL_LIBS) -lpthread
 
+# What CI runs: every Lua version, the threaded host under TSan, the static
+# checks, the suite under ASan + UBSan (twice), and the fuzzers for a while.
+CI_FUZZ_SECONDS ?= 30
 test:
 	@.ci/install-deps test
 	@$(MAKE) --no-print-directory test-all
 	@$(MAKE) --no-print-directory embed-tsan LUA_VERSION=5.4
+	@$(MAKE) --no-print-directory check LUA_VERSION=5.4
+	@$(MAKE) --no-print-directory test-asan
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(CI_FUZZ_SECONDS)
+	@echo "sendx: make test passed"
 
 # Every version runs even when one fails; the exit status says whether all passed.
 test-all:
@@ -92,6 +105,78 @@ embed-tsan:
 	@$(MAKE) --no-print-directory -B build/embed/host-tsan EMBED_FLAGS="-O1 -g -fsanitize=thread" WERROR=-Werror
 	@TSAN_OPTIONS="halt_on_error=1 exitcode=66" $(LUA) spec/support/with_mock.lua build/embed/host-tsan 4 25
 	@echo "sendx: embed-tsan: no data race in 4 threads"
+
+# The Lua 5.4 suite with the module and the interpreter under AddressSanitizer
+# + UBSan (leak detection on), then again with the garbage collector running
+# at every step (spec/support/gc_mode.lua).
+SAN_FLAGS ?= -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+SAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  SENDX_TEST_LUA_VERSION=5.4 SENDX_TEST_SANITIZER=asan
+build/asan/sendx.so: $(SOURCES) $(HEADERS) Makefile
+	@mkdir -p build/asan
+	$(CC) $(DEFINES) -fPIC -shared -fvisibility=hidden $(SAN_FLAGS) $(WARNINGS) -Werror \
+	  -I/usr/include/lua5.4 $(CURL_CFLAGS) -o $@ $(SOURCES) $(CURL_LIBS) -lpthread
+
+build/asan/lua: spec/support/lua_san.c Makefile
+	@mkdir -p build/asan
+	$(CC) $(SAN_FLAGS) $(WARNINGS) -Werror -I/usr/include/lua5.4 -o $@ spec/support/lua_san.c -llua5.4 -lm
+
+test-asan:
+	@.ci/install-deps test
+	@$(MAKE) --no-print-directory -B build/asan/sendx.so build/asan/lua
+	@$(SAN_ENV) .ci/busted build/asan/lua build/asan $(BUSTED_ARGS)
+	@$(SAN_ENV) SENDX_TEST_GC=aggressive .ci/busted build/asan/lua build/asan $(BUSTED_ARGS)
+
+# A representative part of the suite (encoder, client, transport, async) under
+# valgrind's memcheck: no errors, no definite leaks (children are not traced).
+VALGRIND_SPECS ?= spec/10-encode_spec.lua spec/20-client_spec.lua spec/30-transport_spec.lua spec/70-async_spec.lua
+test-valgrind:
+	@.ci/install-deps test
+	@$(MAKE) --no-print-directory -B build/lua5.4/sendx.so LUA_VERSION=5.4 WERROR=-Werror
+	@SENDX_TEST_SANITIZER=valgrind SENDX_TEST_WRAPPER="valgrind --quiet --error-exitcode=99 \
+	  --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite" \
+	  .ci/busted lua5.4 build/lua5.4 $(VALGRIND_SPECS)
+
+# libFuzzer harnesses (clang): the encoder and the response path. Each runs
+# FUZZ_SECONDS from the corpus in fuzz/corpus (new finds go to build/fuzz).
+FUZZ_SECONDS ?= 60
+FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+build/fuzz/%_fuzz: fuzz/%_fuzz.c fuzz/encode_check.lua $(SOURCES) $(HEADERS) Makefile
+	@mkdir -p build/fuzz
+	clang $(DEFINES) $(FUZZ_FLAGS) $(WARNINGS) -Werror -DCHECKER='"$(CURDIR)/fuzz/encode_check.lua"' \
+	  -I/usr/include/lua5.4 -Isrc $(CURL_CFLAGS) -o $@ $< $(SOURCES) $(CURL_LIBS) -llua5.4 -lm -lpthread
+
+fuzz:
+	@.ci/install-deps test
+	@$(MAKE) --no-print-directory build/fuzz/encode_fuzz build/fuzz/response_fuzz
+	@mkdir -p build/fuzz/corpus-encode build/fuzz/corpus-response
+	build/fuzz/encode_fuzz -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	  -artifact_prefix=build/fuzz/ build/fuzz/corpus-encode fuzz/corpus/encode
+	build/fuzz/response_fuzz -max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 \
+	  -artifact_prefix=build/fuzz/ build/fuzz/corpus-response fuzz/corpus/response
+
+# Static analysis, and warning-free builds with gcc and clang.
+TIDY_CHECKS = -*,clang-analyzer-*,bugprone-*,-bugprone-easily-swappable-parameters,-bugprone-reserved-identifier,-bugprone-narrowing-conversions,cert-err34-c,misc-redundant-expression
+check:
+	@.ci/install-deps test
+	cppcheck --enable=warning,portability,performance --error-exitcode=1 --inline-suppr --std=c99 --quiet \
+	  -I$(LUA_INCDIR) -DLLONG_MAX=9223372036854775807LL -D__GNUC__ src/ examples/embed/host.c bench/limit.c
+	clang-tidy --quiet -checks='$(TIDY_CHECKS)' --warnings-as-errors='*' src/*.c -- \
+	  $(DEFINES) -I$(LUA_INCDIR) $(CURL_CFLAGS)
+	@$(MAKE) --no-print-directory -B build/check-gcc/sendx.so BUILD=build/check-gcc CC=gcc WERROR=-Werror
+	@$(MAKE) --no-print-directory -B build/check-clang/sendx.so BUILD=build/check-clang CC=clang WERROR=-Werror
+	@echo "sendx: check: cppcheck and clang-tidy clean, gcc and clang builds warning-free"
+
+# Benchmarks (bench/run.lua): medians of BENCH_ROUNDS rounds, written to bench/RESULTS.md.
+BENCH_ROUNDS ?= 5
+build/bench/limit: bench/limit.c
+	@mkdir -p build/bench
+	$(CC) -std=c99 -D_POSIX_C_SOURCE=200809L -O2 $(WARNINGS) $(CURL_CFLAGS) -o $@ bench/limit.c $(CURL_LIBS)
+
+bench:
+	@.ci/install-deps test
+	@$(MAKE) --no-print-directory build/lua5.4/sendx.so build/bench/limit LUA_VERSION=5.4
+	@lua5.4 bench/run.lua $(BENCH_ROUNDS)
 
 install: $(MODULE)
 	install -d $(DESTDIR)$(INSTALL_CMOD) $(DESTDIR)$(INSTALL_LMOD)/sendx

@@ -672,6 +672,11 @@ describe("transport", function()
     end)
 
     it("are released by close and by the garbage collector: memory stays flat over 5000 clients", function()
+      if os.getenv("SENDX_TEST_SANITIZER") then
+        -- ASan's quarantine holds freed memory: RSS says nothing there (LSan checks leaks)
+        pending("RSS is not a leak measure under a sanitizer")
+        return
+      end
       -- In a fresh interpreter: the RSS of this one also reflects how malloc
       -- kept the pages of earlier specs' 1 MiB responses.
       local out = os.tmpname()

@@ -112,16 +112,26 @@ end
 
 -- Runs a Lua script in a fresh interpreter with the module built for this
 -- run, with `env` (a string of NAME=value words) in its environment.
-function helpers.run_script(script, env)
+-- Starts script in a fresh interpreter (env: a command prefix); returns a
+-- function that waits for it and returns whether it exited with 0.
+function helpers.spawn_script(script, env)
   local lua = os.getenv("SENDX_TEST_LUA") or "lua5.4"
   local build = os.getenv("SENDX_TEST_BUILD") or "build/lua5.4"
   local f = os.tmpname()
   local h = assert(io.open(f, "w"))
   h:write(script)
   h:close()
-  local ok = os.execute(string.format("%s LUA_CPATH='%s/?.so;;' %s %s", env or "", build, lua, f))
-  os.remove(f)
-  return ok == true or ok == 0
+  local p = io.popen(string.format("%s LUA_CPATH='%s/?.so;;' %s %s; echo \"rc=$?\"", env or "", build, lua, f))
+  return function()
+    local out = p:read("*a")
+    p:close()
+    os.remove(f)
+    return out:match("rc=(%d+)%s*$") == "0"
+  end
+end
+
+function helpers.run_script(script, env)
+  return helpers.spawn_script(script, env)()
 end
 
 return helpers

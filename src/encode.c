@@ -188,12 +188,25 @@ static void add_json_string(lua_State *L, sx_buf *b, const char *s, size_t len, 
 static size_t format_number(lua_State *L, int idx, char *buf)
 {
     int n;
-    if (lua_isinteger(L, idx)) {
+    if (lua_isinteger(L, idx)) { /* digits by hand: snprintf costs more than the rest */
+        char tmp[24];
 #if LUA_VERSION_NUM >= 503
-        n = snprintf(buf, 64, LUA_INTEGER_FMT, (LUAI_UACINT)lua_tointeger(L, idx));
+        long long v = (long long)lua_tointeger(L, idx);
 #else
-        n = snprintf(buf, 64, "%.0f", (double)lua_tonumber(L, idx));
+        long long v = (long long)lua_tonumber(L, idx); /* integral, within 2^53 */
 #endif
+        unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+        int i = 0;
+        n = 0;
+        do {
+            tmp[i++] = (char)('0' + u % 10);
+            u /= 10;
+        } while (u != 0);
+        if (v < 0)
+            buf[n++] = '-';
+        while (i > 0)
+            buf[n++] = tmp[--i];
+        buf[n] = '\0';
         return (size_t)n;
     }
     n = snprintf(buf, 60, "%.14g", (double)lua_tonumber(L, idx));
@@ -252,6 +265,8 @@ static int days_in_month(int y, int m)
 {
     static const int days[] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
     int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    if (m < 1 || m > 12)
+        return 0;
     return (m == 2 && leap) ? 29 : days[m - 1];
 }
 
@@ -466,7 +481,7 @@ static int collect_fields(lua_State *L, int idx, int arg, const field *fields,
                 hit = fields[i].alias;
         }
         if (hit == NULL)
-            sx_unknown_field(L, arg, "", k, names);
+            return sx_unknown_field(L, arg, "", k, names); /* raises */
         i--;
         if (seen[i] != NULL)
             sx_argerror(L, arg, "%s: given twice (as '%s' and '%s')", fields[i].name,

@@ -263,7 +263,7 @@ int sx_retryable(sx_kind kind, long status, int not_sent, int idempotent)
 
 void sx_conn_start(sx_conn *c, const char *url, const char *body, size_t len, int idempotent)
 {
-    if (c->response.cap > 64 * 1024)
+    if (c->response.cap > (size_t)64 * 1024)
         sx_buf_free(&c->response); /* a large answer is not kept around */
     curl_easy_setopt(c->curl, CURLOPT_URL, url);
     /* libcurl silently resends a request whose reused connection died before

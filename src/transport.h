@@ -11,7 +11,7 @@
 #include <sys/types.h>
 #include "buffer.h"
 
-#define SX_MAX_RESPONSE (1024 * 1024) /* bytes of response body kept */
+#define SX_MAX_RESPONSE ((size_t)1024 * 1024) /* bytes of response body kept */
 #define SX_MAX_RETRY_WAIT_MS 30000    /* Retry-After is clamped to this */
 
 typedef enum sx_kind {
