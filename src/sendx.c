@@ -865,6 +865,10 @@ static int close_client(lua_State *L, sx_client *c, double timeout, int quiet)
         }
     }
     client_release(L, c);
+    if (!quiet && nret == 0) { /* nothing was queued */
+        lua_pushboolean(L, 1);
+        nret = 1;
+    }
     return quiet ? 0 : nret;
 }
 
