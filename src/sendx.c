@@ -823,6 +823,8 @@ static int flush_client(lua_State *L, sx_client *c, double timeout, int errs)
 {
     double deadline = timeout >= 0 ? now_seconds() + timeout : 0;
     int nret;
+    if (c->async != NULL && sx_async_pid(c->async) != getpid())
+        drop_async(L, c); /* a forked child: the parent's calls are the parent's to send */
     for (;;) {
         double left = deadline - now_seconds();
         run_done(L, c, errs);
@@ -857,7 +859,7 @@ static int close_client(lua_State *L, sx_client *c, double timeout, int quiet)
         lua_newtable(L);
         errs = lua_gettop(L);
     }
-    if (c->async != NULL && sx_async_pid(c->async) == getpid()) {
+    if (c->async != NULL) {
         nret = flush_client(L, c, timeout, errs);
         if (c->async != NULL) { /* a callback may have closed the client */
             sx_async_stop(c->async);
@@ -904,18 +906,17 @@ static int l_client_poll(lua_State *L)
     return poll_client(L, check_client(L, 1));
 }
 
+/* flush_client with a fresh table for the callbacks' errors. */
+static int flush_call(lua_State *L, sx_client *c, double timeout)
+{
+    lua_newtable(L);
+    return flush_client(L, c, timeout, lua_gettop(L));
+}
+
 /* client:flush([timeout]) -> true | nil, "timeout" [, errors] */
 static int l_client_flush(lua_State *L)
 {
-    sx_client *c = check_client(L, 1);
-    double timeout = luaL_optnumber(L, 2, -1);
-    int errs;
-    lua_settop(L, 2);
-    lua_newtable(L);
-    errs = lua_gettop(L);
-    if (c->async != NULL && sx_async_pid(c->async) != getpid())
-        drop_async(L, c); /* the parent's calls: the parent sends them */
-    return flush_client(L, c, timeout, errs);
+    return flush_call(L, check_client(L, 1), luaL_optnumber(L, 2, -1));
 }
 
 /* client:stats() -> { queued, in_flight, sent, failed, retried, dropped } */
@@ -1117,16 +1118,9 @@ static int l_poll(lua_State *L)
 /* sendx.flush([timeout]) -> true | nil, "timeout" [, errors] */
 static int l_flush(lua_State *L)
 {
-    sx_client *c;
     double timeout = luaL_optnumber(L, 1, -1);
-    int errs;
     lua_settop(L, 1);
-    c = default_client(L);
-    lua_newtable(L);
-    errs = lua_gettop(L);
-    if (c->async != NULL && sx_async_pid(c->async) != getpid())
-        drop_async(L, c); /* the parent's calls: the parent sends them */
-    return flush_client(L, c, timeout, errs);
+    return flush_call(L, default_client(L), timeout);
 }
 
 /* sendx.encode_identify(contact) -> the legacy JSON body; no network */
