@@ -634,7 +634,7 @@ describe("transport", function()
     end)
 
     it("counts a connection reset during the handshake as a network failure, and retries it", function()
-      local port, stop = helpers.background_server("reset_server.lua", 60)
+      local port, stop = helpers.background_server("raw_server.lua", "reset", 60)
       local c = helpers.client(sendx, m, { base_url = "https://localhost:" .. port .. "/api/v1",
                                            ca_file = m.ca_file, retries = 2 })
       local res, err, info = c:identify { email = "rst@x.io" }

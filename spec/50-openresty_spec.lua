@@ -217,7 +217,7 @@ describe("openresty", function()
     end)
 
     it("network: a reset during the TLS handshake, retried like the C transport", function()
-      local port, stop = helpers.background_server("reset_server.lua", 60)
+      local port, stop = helpers.background_server("raw_server.lua", "reset", 60)
       finally(stop)
       local msg, info = same_failure({ base_url = "https://localhost:" .. port, retries = 1 }, "network")
       assert.equal(2, info.attempts, msg)

@@ -1,11 +1,13 @@
--- An HTTP server on 127.0.0.1 that answers every request with one fixed,
--- deliberately broken response, then closes the connection.
+-- A server on 127.0.0.1 that misbehaves the same way on every connection.
 --
 --   lua spec/support/raw_server.lua PORTFILE MODE [SECONDS]
 --
--- MODE: badchunk (a chunk size that is not hex), longline (a header line of
--- 256 KiB that never ends). Writes its port to PORTFILE; exits by itself after
--- SECONDS (default 60).
+-- MODE:
+--   reset     resets the connection (RST) after the client's first bytes (a TLS
+--             ClientHello, say), as a crashing peer or middlebox does
+--   badchunk  answers a chunked body whose chunk size is not hex
+--   longline  answers with a header line of 256 KiB that never ends
+-- Writes its port to PORTFILE; exits by itself after SECONDS (default 60).
 local socket = require "socket"
 
 local RESPONSES = {
@@ -14,12 +16,24 @@ local RESPONSES = {
 }
 
 local portfile, mode, lifetime = arg[1], arg[2], tonumber(arg[3] or "60")
-local response = assert(RESPONSES[mode], "unknown mode")
+local response = RESPONSES[mode]
+assert(response or mode == "reset", "unknown mode")
 local server = assert(socket.bind("127.0.0.1", 0))
 local _, port = server:getsockname()
 local f = assert(io.open(portfile, "w"))
 f:write(port, "\n")
 f:close()
+
+-- Reads the request head, then its body.
+local function read_request(c)
+  local length = 0
+  repeat
+    local line = c:receive("*l")
+    local n = line and line:lower():match("^content%-length:%s*(%d+)")
+    if n then length = tonumber(n) end
+  until not line or line == ""
+  if length > 0 then c:receive(length) end
+end
 
 server:settimeout(0.5)
 local deadline = socket.gettime() + lifetime
@@ -27,14 +41,13 @@ while socket.gettime() < deadline do
   local c = server:accept()
   if c then
     c:settimeout(2)
-    local length = 0
-    repeat -- the request head, then its body
-      local line = c:receive("*l")
-      local n = line and line:lower():match("^content%-length:%s*(%d+)")
-      if n then length = tonumber(n) end
-    until not line or line == ""
-    if length > 0 then c:receive(length) end
-    c:send(response)
+    if mode == "reset" then
+      c:receive(5)
+      c:setoption("linger", { on = true, timeout = 0 }) -- close with RST, not FIN
+    else
+      read_request(c)
+      c:send(response)
+    end
     c:close()
   end
 end
