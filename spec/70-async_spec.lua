@@ -238,6 +238,12 @@ describe("async", function()
     assert.equal("200", got.status)
     assert.same({ "Async" }, m:contact("d@example.com").tags)
     assert.equal(0, sendx.poll())
+    -- configure again: the old default client (with its worker) is closed, the new one works
+    sendx.configure { api_key = m.api_key, team_id = m.team_id, base_url = m.url }
+    local res, err = sendx.identify { email = "d2@example.com" }
+    assert.is_nil(err)
+    assert.equal("200", res.status)
+    sendx.configure {}
   end)
 
   it("is flushed by the garbage collector and at interpreter exit", function()

@@ -854,7 +854,7 @@ static int flush_client(lua_State *L, sx_client *c, double timeout, int errs)
  * short as kind "shutdown", release. quiet: no caller to return errors to. */
 static int close_client(lua_State *L, sx_client *c, double timeout, int quiet)
 {
-    int errs = 0, nret = 0;
+    int errs = 0, nret = 0, top = lua_gettop(L);
     if (!quiet) {
         lua_newtable(L);
         errs = lua_gettop(L);
@@ -867,11 +867,15 @@ static int close_client(lua_State *L, sx_client *c, double timeout, int quiet)
         }
     }
     client_release(L, c);
-    if (!quiet && nret == 0) { /* nothing was queued */
+    if (quiet) {
+        lua_settop(L, top); /* callers such as set_default keep using the stack */
+        return 0;
+    }
+    if (nret == 0) { /* nothing was queued */
         lua_pushboolean(L, 1);
         nret = 1;
     }
-    return quiet ? 0 : nret;
+    return nret;
 }
 
 /* client:identify_async(contact [, callback]) -> true | nil, "queue full" */
