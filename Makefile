@@ -43,7 +43,7 @@ DEFINES      = -std=c99 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE
 
 SOURCES = src/sendx.c src/encode.c src/transport.c src/async.c src/buffer.c src/compat.c
 HEADERS = src/compat.h src/encode.h src/transport.h src/async.h src/buffer.h
-LUA_MODULES = src/sendx/resty.lua
+LUA_MODULES = src/sendx/resty.lua src/sendx/http.lua
 BUILD   = build/lua$(LUA_VERSION)
 MODULE  = $(BUILD)/sendx.so
 
@@ -184,7 +184,7 @@ install: $(MODULE)
 	install -m 0644 $(LUA_MODULES) $(DESTDIR)$(INSTALL_LMOD)/sendx/
 
 uninstall:
-	rm -f $(DESTDIR)$(INSTALL_CMOD)/sendx.so $(DESTDIR)$(INSTALL_LMOD)/sendx/resty.lua
+	rm -f $(DESTDIR)$(INSTALL_CMOD)/sendx.so $(addprefix $(DESTDIR)$(INSTALL_LMOD)/sendx/,$(notdir $(LUA_MODULES)))
 
 clean:
 	rm -rf build

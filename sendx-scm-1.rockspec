@@ -38,5 +38,6 @@ build = {
     },
     -- the OpenResty transport, loaded by the C module inside nginx
     ["sendx.resty"] = "src/sendx/resty.lua",
+    ["sendx.http"] = "src/sendx/http.lua",
   },
 }

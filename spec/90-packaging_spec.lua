@@ -16,7 +16,9 @@ end
 -- The OpenResty transport was installed next to the module's Lua path, unchanged.
 local function has_resty(share)
   local function read(f) local h = io.open(f) if not h then return nil end local s = h:read("*a") h:close() return s end
-  assert.equal(read("src/sendx/resty.lua"), read(share .. "/sendx/resty.lua"), "sendx/resty.lua in " .. share)
+  for _, name in ipairs { "resty.lua", "http.lua" } do
+    assert.equal(read("src/sendx/" .. name), read(share .. "/sendx/" .. name), "sendx/" .. name .. " in " .. share)
+  end
 end
 
 local function loads_from(dir)
