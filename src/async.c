@@ -26,7 +26,7 @@ struct sx_async {
     int efd;                       /* eventfd: readable while done is not empty */
     CURLM *multi;
     sx_async_opts o;
-    unsigned rng;
+    int has_mutex;                 /* mu was initialised */
     /* under mu */
     sx_job *pending, *pending_tail;
     sx_job *done, *done_tail;
@@ -279,6 +279,7 @@ static int collect(sx_async *a)
     int left, i, freed = 0;
     while ((m = curl_multi_info_read(a->multi, &left)) != NULL) {
         sx_job *j;
+        long wait;
         CURLcode rc = m->data.result; /* m does not outlive the removal */
         if (m->msg != CURLMSG_DONE)
             continue;
@@ -289,12 +290,11 @@ static int collect(sx_async *a)
         curl_multi_remove_handle(a->multi, a->slots[i].curl);
         a->busy[i] = NULL;
         freed++;
-        sx_conn_finish(&a->slots[i], rc, j->idempotent, j->attempts, &j->r);
+        wait = sx_conn_finish(&a->slots[i], rc, j->idempotent, j->attempts, &j->r);
         pthread_mutex_lock(&a->mu);
         a->nin_flight--;
-        if (j->r.retryable && j->attempts <= a->o.retries && !a->stopping) {
-            j->due_ms = now_ms() + sx_backoff_ms(j->attempts, a->slots[i].retry_after_ms,
-                                                 a->o.max_retry_wait_ms, &a->rng);
+        if (wait >= 0 && !a->stopping) {
+            j->due_ms = now_ms() + wait;
             j->next = a->waiting;
             a->waiting = j;
             a->nwaiting++;
@@ -308,9 +308,9 @@ static int collect(sx_async *a)
     return freed;
 }
 
-/* How long the worker may sleep: until the next retry is due (when a slot
- * is free to take it), at most 1 s; transfers and wakeups end it sooner. */
-static int sleep_ms(sx_async *a)
+/* How long the worker's poll may wait: until the next retry is due (when a
+ * slot is free to take it), at most 1 s; transfers and wakeups end it sooner. */
+static int poll_timeout_ms(sx_async *a)
 {
     long long now = now_ms(), next = now + 1000;
     sx_job *j;
@@ -330,12 +330,12 @@ static void shut_down(sx_async *a, sx_job *j)
     j->r.status = 0;
     j->r.retryable = 0;
     j->r.attempts = j->attempts;
-    j->r.message = "the client was closed before the call completed";
+    j->r.message = SX_MSG_SHUTDOWN;
     complete(a, j);
 }
 
-/* Under mu, once stopping: everything left goes back as shut down. */
-static void abandon_all(sx_async *a)
+/* Under mu, once stopping: every call not completed goes back as shut down. */
+static void cut_all(sx_async *a)
 {
     sx_job *j;
     int i;
@@ -367,7 +367,7 @@ static void *worker(void *arg)
         pthread_mutex_lock(&a->mu);
         stop = a->stopping;
         if (stop)
-            abandon_all(a);
+            cut_all(a);
         else
             start_ready(a);
         pthread_mutex_unlock(&a->mu);
@@ -376,7 +376,7 @@ static void *worker(void *arg)
         curl_multi_perform(a->multi, &running);
         if (collect(a) > 0)
             continue; /* fill the freed slots before sleeping */
-        if (curl_multi_poll(a->multi, NULL, 0, sleep_ms(a), NULL) != CURLM_OK) {
+        if (curl_multi_poll(a->multi, NULL, 0, poll_timeout_ms(a), NULL) != CURLM_OK) {
             struct timespec ts = { 0, 10000000 }; /* no busy loop on a broken poll */
             nanosleep(&ts, NULL);
         }
@@ -412,9 +412,26 @@ static int open_slot(sx_conn *s, CURL *model, const sx_async_opts *o)
 #endif
     s->retries = o->retries;
     s->max_retry_wait_ms = o->max_retry_wait_ms;
+    sx_policy_init(&s->policy, o->retries, o->max_retry_wait_ms);
     s->retry_after_ms = -1;
+    s->rng = (unsigned)time(NULL) ^ (unsigned)(size_t)s;
     s->pid = getpid();
     return ok ? 0 : -1;
+}
+
+/* The one way out: frees whatever sx_async_new made (the thread, if any,
+ * has ended). */
+static void teardown(sx_async *a)
+{
+    free_list(a->done);
+    if (a->has_mutex)
+        pthread_mutex_destroy(&a->mu);
+    free_slots(a); /* the slots not opened are zeroed: closing them is a no-op */
+    if (a->multi != NULL)
+        curl_multi_cleanup(a->multi);
+    if (a->efd >= 0)
+        close(a->efd);
+    free(a);
 }
 
 sx_async *sx_async_new(CURL *model, const sx_async_opts *o)
@@ -425,31 +442,21 @@ sx_async *sx_async_new(CURL *model, const sx_async_opts *o)
         return NULL;
     a->o = *o;
     a->pid = getpid();
-    a->rng = (unsigned)time(NULL) ^ (unsigned)(size_t)a;
     a->nslots = o->max_in_flight < 1 ? 1 : o->max_in_flight > MAX_SLOTS ? MAX_SLOTS : o->max_in_flight;
     a->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     a->multi = curl_multi_init();
+    a->has_mutex = pthread_mutex_init(&a->mu, NULL) == 0;
     for (i = 0; i < a->nslots; i++)
         if (open_slot(&a->slots[i], model, o) != 0)
             break;
-    if (i < a->nslots || a->efd < 0 || a->multi == NULL ||
-        pthread_mutex_init(&a->mu, NULL) != 0) {
-        free_slots(a); /* the slots not opened are zeroed: closing them is a no-op */
-        if (a->multi != NULL)
-            curl_multi_cleanup(a->multi);
-        if (a->efd >= 0)
-            close(a->efd);
-        free(a);
+    if (i < a->nslots || a->efd < 0 || a->multi == NULL || !a->has_mutex) {
+        teardown(a);
         return NULL;
     }
     /* connections kept for reuse: enough for every slot */
     curl_multi_setopt(a->multi, CURLMOPT_MAXCONNECTS, (long)a->nslots);
     if (pthread_create(&a->thread, NULL, worker, a) != 0) {
-        pthread_mutex_destroy(&a->mu);
-        free_slots(a);
-        curl_multi_cleanup(a->multi);
-        close(a->efd);
-        free(a);
+        teardown(a);
         return NULL;
     }
     return a;
@@ -469,12 +476,7 @@ void sx_async_stop(sx_async *a)
 
 void sx_async_free(sx_async *a)
 {
-    free_list(a->done);
-    pthread_mutex_destroy(&a->mu);
-    free_slots(a);
-    curl_multi_cleanup(a->multi);
-    close(a->efd);
-    free(a);
+    teardown(a);
 }
 
 void sx_async_abandon(sx_async *a)

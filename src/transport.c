@@ -48,30 +48,6 @@ static size_t on_body(char *data, size_t size, size_t n, void *ud)
     return sx_buf_add(&c->response, data, len) == 0 ? len : 0;
 }
 
-long sx_retry_after_ms(const char *v, size_t len)
-{
-    char tmp[64];
-    char *end;
-    long secs;
-    time_t when;
-    while (len > 0 && (v[len - 1] == '\r' || v[len - 1] == '\n' || v[len - 1] == ' '))
-        len--;
-    while (len > 0 && (*v == ' ' || *v == '\t'))
-        v++, len--;
-    if (len == 0 || len >= sizeof tmp)
-        return -1;
-    memcpy(tmp, v, len);
-    tmp[len] = '\0';
-    secs = strtol(tmp, &end, 10);
-    if (end != tmp && *end == '\0')
-        return secs < 0 ? -1 : (secs > 86400 ? 86400000L : secs * 1000);
-    when = curl_getdate(tmp, NULL);
-    if (when == (time_t)-1)
-        return -1;
-    secs = (long)(when - time(NULL));
-    return secs < 0 ? 0 : (secs > 86400 ? 86400000L : secs * 1000);
-}
-
 static size_t on_header(char *data, size_t size, size_t n, void *ud)
 {
     static const char name[] = "retry-after:";
@@ -137,6 +113,7 @@ int sx_conn_open(sx_conn *c, const sx_conn_opts *o)
     memset(c, 0, sizeof *c);
     c->retries = o->retries;
     c->max_retry_wait_ms = o->max_retry_wait_ms;
+    sx_policy_init(&c->policy, o->retries, o->max_retry_wait_ms);
     c->rng = (unsigned)time(NULL) ^ (unsigned)(size_t)c;
     c->pid = getpid();
     if (sx_transport_global_init() != 0 || (c->curl = curl_easy_init()) == NULL)
@@ -162,30 +139,11 @@ void sx_conn_close(sx_conn *c)
 }
 
 /* ---------------------------------------------------------------------------
- * The retry policy
+ * Attempts, judged by the delivery policy (policy.c)
  * ------------------------------------------------------------------------ */
 
-static unsigned next_random(unsigned *s)
-{
-    unsigned x = *s ? *s : 0x9e3779b9u;
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    return *s = x;
-}
-
-long sx_backoff_ms(int attempt, long retry_after_ms, long max_wait_ms, unsigned *rng)
-{
-    long base = 200L << (attempt > 5 ? 5 : attempt - 1), wait;
-    if (base > 5000)
-        base = 5000;
-    wait = base / 2 + (long)(next_random(rng) % (unsigned)(base / 2 + 1)); /* jitter */
-    if (retry_after_ms > max_wait_ms)
-        retry_after_ms = max_wait_ms;
-    return wait > retry_after_ms ? wait : retry_after_ms;
-}
-
-static void sleep_ms(long ms)
+/* Waits ms milliseconds, across signals. */
+static void pause_ms(long ms)
 {
     struct timespec ts;
     ts.tv_sec = ms / 1000;
@@ -216,49 +174,63 @@ static int is_tls_error(CURLcode rc)
     }
 }
 
-/* Classifies the attempt that just ended. Returns 1 when the request surely
- * never reached the server (safe to repeat even when not idempotent). */
-static int classify(sx_conn *c, CURLcode rc, sx_result *r)
+/* What the attempt that ended with rc saw, for the policy to judge. */
+static void observe(sx_conn *c, CURLcode rc, sx_attempt *a)
 {
     long sent = 0;
-    r->code = rc;
-    r->status = 0;
-    r->message = NULL;
-    if (rc == CURLE_OK) {
-        curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &r->status);
-        r->kind = (r->status >= 200 && r->status < 300) ? SX_OK : SX_HTTP;
-        return 0;
+    memset(a, 0, sizeof *a);
+    a->retry_after_ms = c->retry_after_ms;
+    if (rc == CURLE_OK || (rc == CURLE_WRITE_ERROR && c->too_large)) {
+        curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &a->status);
+        a->kind = SX_OK;
+        a->too_large = rc != CURLE_OK;
+        return;
     }
-    r->message = c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc);
-    if (rc == CURLE_WRITE_ERROR && c->too_large) {
-        curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &r->status);
-        r->kind = SX_HTTP;
-        r->message = "response body larger than 1 MiB";
-        return 0;
-    }
-    r->kind = rc == CURLE_OPERATION_TIMEDOUT ? SX_TIMEOUT
+    a->message = c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc);
+    a->kind = rc == CURLE_OPERATION_TIMEDOUT ? SX_TIMEOUT
               : is_tls_error(rc)             ? SX_TLS
                                              : SX_NETWORK;
     if (rc == CURLE_SSL_CONNECT_ERROR) {
         long os_errno = 0; /* a reset during the handshake is the network's doing */
         curl_easy_getinfo(c->curl, CURLINFO_OS_ERRNO, &os_errno);
         if (os_errno != 0)
-            r->kind = SX_NETWORK;
+            a->kind = SX_NETWORK;
     }
     if (rc == CURLE_COULDNT_RESOLVE_HOST || rc == CURLE_COULDNT_RESOLVE_PROXY ||
-        rc == CURLE_COULDNT_CONNECT)
-        return 1;
+        rc == CURLE_COULDNT_CONNECT) {
+        a->not_sent = 1;
+        return;
+    }
     curl_easy_getinfo(c->curl, CURLINFO_REQUEST_SIZE, &sent);
-    return sent == 0;
+    a->not_sent = sent == 0;
 }
 
+/* Transitional wrappers for the OpenResty bridge (see transport.h). */
 int sx_retryable(sx_kind kind, long status, int not_sent, int idempotent)
 {
-    int transient = kind == SX_NETWORK || kind == SX_TIMEOUT ||
-                    (kind == SX_HTTP && (status == 408 || status == 429 || status >= 500));
-    if (!transient)
-        return 0;
-    return idempotent || not_sent || status == 429;
+    sx_policy p;
+    sx_attempt a;
+    sx_result r;
+    unsigned rng = 1;
+    sx_policy_init(&p, 1, 0);
+    memset(&a, 0, sizeof a);
+    a.kind = kind == SX_HTTP ? SX_OK : kind;
+    a.status = status;
+    a.not_sent = not_sent;
+    sx_policy_next(&p, &a, 1, idempotent, &rng, &r);
+    return r.retryable;
+}
+
+long sx_backoff_ms(int attempt, long retry_after_ms, long max_wait_ms, unsigned *rng)
+{
+    sx_policy p;
+    sx_attempt a;
+    sx_result r;
+    sx_policy_init(&p, -1, max_wait_ms);
+    memset(&a, 0, sizeof a);
+    a.kind = SX_NETWORK;
+    a.retry_after_ms = retry_after_ms;
+    return sx_policy_next(&p, &a, attempt, 1, rng, &r);
 }
 
 void sx_conn_start(sx_conn *c, const char *url, const char *body, size_t len, int idempotent)
@@ -272,10 +244,10 @@ void sx_conn_start(sx_conn *c, const char *url, const char *body, size_t len, in
     curl_easy_setopt(c->curl, CURLOPT_FRESH_CONNECT, idempotent ? 0L : 1L);
     curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(c->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
-    sx_conn_reset(c);
+    sx_conn_clear_answer(c);
 }
 
-void sx_conn_reset(sx_conn *c)
+void sx_conn_clear_answer(sx_conn *c)
 {
     sx_buf_reset(&c->response);
     c->too_large = 0;
@@ -283,27 +255,27 @@ void sx_conn_reset(sx_conn *c)
     c->errbuf[0] = '\0';
 }
 
-void sx_conn_finish(sx_conn *c, CURLcode rc, int idempotent, int attempt, sx_result *r)
+long sx_conn_finish(sx_conn *c, CURLcode rc, int idempotent, int attempt, sx_result *r)
 {
-    int not_sent = classify(c, rc, r);
-    r->attempts = attempt;
-    r->retryable = r->kind != SX_OK && !c->too_large &&
-                   sx_retryable(r->kind, r->status, not_sent, idempotent);
+    sx_attempt a;
+    observe(c, rc, &a);
+    return sx_policy_next(&c->policy, &a, attempt, idempotent, &c->rng, r);
 }
 
 void sx_conn_post(sx_conn *c, const char *url, const char *body, size_t len,
                   int idempotent, sx_result *r)
 {
     int attempt = 0;
+    long wait;
     sx_conn_start(c, url, body, len, idempotent);
     for (;;) {
         attempt++;
         if (attempt > 1)
-            sx_conn_reset(c);
-        sx_conn_finish(c, curl_easy_perform(c->curl), idempotent, attempt, r);
-        if (!r->retryable || attempt > c->retries)
+            sx_conn_clear_answer(c);
+        wait = sx_conn_finish(c, curl_easy_perform(c->curl), idempotent, attempt, r);
+        if (wait < 0)
             return;
-        sleep_ms(sx_backoff_ms(attempt, c->retry_after_ms, c->max_retry_wait_ms, &c->rng));
+        pause_ms(wait);
     }
 }
 

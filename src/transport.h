@@ -10,20 +10,7 @@
 #include <curl/curl.h>
 #include <sys/types.h>
 #include "buffer.h"
-
-#define SX_MAX_RESPONSE ((size_t)1024 * 1024) /* bytes of response body kept */
-#define SX_MAX_RETRY_WAIT_MS 30000    /* Retry-After is clamped to this */
-
-typedef enum sx_kind {
-    SX_OK = 0,
-    SX_NETWORK,
-    SX_TIMEOUT,
-    SX_TLS,
-    SX_HTTP,
-    SX_API,
-    SX_DECODE,
-    SX_SHUTDOWN  /* async: the client closed before the call completed */
-} sx_kind;
+#include "policy.h"
 
 /* What the caller chooses; strings are copied by sx_conn_open. */
 typedef struct sx_conn_opts {
@@ -41,6 +28,7 @@ typedef struct sx_conn {
     struct curl_slist *headers;
     long max_retry_wait_ms;
     int retries;
+    sx_policy policy;
     unsigned rng;           /* jitter state, per connection: no globals */
     sx_buf response;        /* body of the last response */
     long retry_after_ms;    /* from the last response, -1 when absent */
@@ -49,16 +37,6 @@ typedef struct sx_conn {
     char errbuf[CURL_ERROR_SIZE];
 } sx_conn;
 
-typedef struct sx_result {
-    sx_kind kind;   /* SX_OK, or the transport-level failure (network, timeout,
-                     * tls, http for statuses outside 2xx) */
-    CURLcode code;  /* libcurl's verdict on the last attempt */
-    long status;    /* HTTP status of the last response, 0 when none came */
-    int attempts;
-    int retryable;  /* another try could succeed and is safe to make */
-    const char *message; /* libcurl's words when kind is not SX_OK/SX_HTTP */
-} sx_result;
-
 /* Initialises libcurl once per process; 0 on success. Thread-safe. */
 int sx_transport_global_init(void);
 
@@ -66,35 +44,28 @@ int sx_transport_global_init(void);
 int sx_conn_open(sx_conn *c, const sx_conn_opts *o);
 void sx_conn_close(sx_conn *c);
 
-/* POSTs body to url, retrying per the policy. `idempotent` is 0 for requests
+/* POSTs body to url, retrying per the delivery policy (policy.h). `idempotent` is 0 for requests
  * that must not run twice (increments): those are retried only when the
  * request surely never reached the server. The body must stay alive until
  * the call returns. */
 void sx_conn_post(sx_conn *c, const char *url, const char *body, size_t len,
                   int idempotent, sx_result *r);
 
-/* 1 when a failed attempt may be repeated: a transient failure (network,
- * timeout, HTTP 408, 429 or 5xx), and the request is idempotent, surely never
- * reached the server (not_sent), or was refused with 429. */
-int sx_retryable(sx_kind kind, long status, int not_sent, int idempotent);
-
-/* A Retry-After value (delta-seconds or HTTP date) in ms; -1 when unusable. */
-long sx_retry_after_ms(const char *v, size_t len);
-
 /* The steps of sx_conn_post, for a caller that runs the transfer itself
- * (a multi handle): sx_conn_start sets the request up, sx_conn_reset clears
- * the last answer before a new attempt, and sx_conn_finish classifies the
- * attempt that ended with `rc`. */
+ * (a multi handle): sx_conn_start sets the request up, sx_conn_clear_answer
+ * forgets the last answer before a new attempt, and sx_conn_finish judges
+ * the attempt that ended with `rc` (sx_policy_next): it returns the wait in
+ * ms before the next attempt, or -1 when the call is over. */
 void sx_conn_start(sx_conn *c, const char *url, const char *body, size_t len, int idempotent);
-void sx_conn_reset(sx_conn *c);
-void sx_conn_finish(sx_conn *c, CURLcode rc, int idempotent, int attempt, sx_result *r);
+void sx_conn_clear_answer(sx_conn *c);
+long sx_conn_finish(sx_conn *c, CURLcode rc, int idempotent, int attempt, sx_result *r);
 
 /* In a child process after fork(), swaps the handle for a duplicate without
  * the parent's connections. 0 when nothing was needed or it worked. */
 int sx_conn_after_fork(sx_conn *c);
 
-/* The wait before attempt `attempt + 1` (attempt >= 1): exponential backoff
- * with jitter, never below retry_after_ms (clamped to max_wait_ms). */
+/* Transitional, for the OpenResty bridge until it calls sx_policy_next. */
+int sx_retryable(sx_kind kind, long status, int not_sent, int idempotent);
 long sx_backoff_ms(int attempt, long retry_after_ms, long max_wait_ms, unsigned *rng);
 
 #endif
