@@ -41,8 +41,8 @@ CURL_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags libcurl 2>/dev/null)
 CURL_LIBS   ?= $(shell $(PKG_CONFIG) --libs libcurl 2>/dev/null || echo -lcurl)
 DEFINES      = -std=c99 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE
 
-SOURCES = src/sendx.c src/encode.c src/transport.c src/async.c src/buffer.c src/compat.c
-HEADERS = src/compat.h src/encode.h src/transport.h src/async.h src/buffer.h
+SOURCES = src/sendx.c src/encode.c src/transport.c src/policy.c src/async.c src/buffer.c src/compat.c
+HEADERS = src/compat.h src/encode.h src/transport.h src/policy.h src/async.h src/buffer.h
 LUA_MODULES = src/sendx/resty.lua src/sendx/http.lua
 BUILD   = build/lua$(LUA_VERSION)
 MODULE  = $(BUILD)/sendx.so
