@@ -6,8 +6,10 @@
  * The lock guards the lists and counters shared with the caller's thread;
  * the multi handle, the slots and the retry list belong to the worker.
  */
+#define _GNU_SOURCE /* dladdr, on glibc */
 #include "async.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -26,7 +28,10 @@ struct sx_async {
     int efd;                       /* eventfd: readable while done is not empty */
     CURLM *multi;
     sx_async_opts o;
-    int has_mutex;                 /* mu was initialised */
+    int has_mutex;                 /* mu and cv were initialised */
+    pthread_cond_t cv;             /* fork: the worker holds still (see before_fork) */
+    int hold, held, exited;        /* under mu */
+    struct sx_async *next_live;    /* the process's live workers (registry) */
     /* under mu */
     sx_job *pending, *pending_tail;
     sx_job *done, *done_tail;
@@ -114,11 +119,16 @@ static void free_list(sx_job *j)
 
 int sx_async_submit(sx_async *a, sx_job *j)
 {
-    int ok;
+    int rc = 0;
     pthread_mutex_lock(&a->mu);
-    ok = !a->stopping && a->npending + a->nwaiting < a->o.max_queue &&
-         a->pending_bytes + j->len <= a->o.max_bytes;
-    if (ok) {
+    if (a->stopping)
+        rc = SX_SUBMIT_FULL;
+    else if (j->len > a->o.max_bytes)
+        rc = SX_SUBMIT_TOO_LARGE;
+    else if (a->npending + a->nwaiting >= a->o.max_queue ||
+             a->pending_bytes + j->len > a->o.max_bytes)
+        rc = SX_SUBMIT_FULL;
+    if (rc == 0) {
         append(&a->pending, &a->pending_tail, j);
         a->npending++;
         a->pending_bytes += j->len;
@@ -126,9 +136,25 @@ int sx_async_submit(sx_async *a, sx_job *j)
         a->dropped++;
     }
     pthread_mutex_unlock(&a->mu);
-    if (ok)
+    if (rc == 0)
         curl_multi_wakeup(a->multi);
-    return ok ? 0 : -1;
+    return rc;
+}
+
+void sx_async_recount(sx_async *a, sx_kind counted, sx_kind final)
+{
+    sx_bucket was = sx_policy_bucket(counted), is = sx_policy_bucket(final);
+    if (was == is)
+        return;
+    pthread_mutex_lock(&a->mu);
+    if (was == SX_BUCKET_SENT) {
+        a->sent--;
+        a->failed++;
+    } else {
+        a->failed--;
+        a->sent++;
+    }
+    pthread_mutex_unlock(&a->mu);
 }
 
 sx_job *sx_async_take(sx_async *a)
@@ -198,7 +224,9 @@ static void complete(sx_async *a, sx_job *j)
     uint64_t one = 1;
     append(&a->done, &a->done_tail, j);
     a->ndone++;
-    if (j->r.kind == SX_OK)
+    /* provisional for a 2xx answer: its body may still make it an api or
+     * decode failure (sx_async_recount) */
+    if (sx_policy_bucket(j->r.kind) == SX_BUCKET_SENT)
         a->sent++;
     else
         a->failed++;
@@ -359,17 +387,109 @@ static void cut_all(sx_async *a)
     }
 }
 
+/* ---------------------------------------------------------------------------
+ * fork(): no worker may be inside libcurl or OpenSSL when the process forks,
+ * or the child inherits a lock that nobody will release (a sync call or a
+ * close in the child would hang). Before fork, every live worker of the
+ * process is asked to hold still at the top of its loop, where it holds no
+ * lock but mu (released while it waits); after fork the parent's go on.
+ * ------------------------------------------------------------------------ */
+
+static pthread_mutex_t registry_mu = PTHREAD_MUTEX_INITIALIZER;
+static sx_async *registry;           /* under registry_mu */
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+/* Under mu: waits while a fork is under way. */
+static void hold_still(sx_async *a)
+{
+    while (a->hold) {
+        a->held = 1;
+        pthread_cond_broadcast(&a->cv);
+        pthread_cond_wait(&a->cv, &a->mu);
+    }
+    a->held = 0;
+}
+
+static void before_fork(void)
+{
+    sx_async *a;
+    pthread_mutex_lock(&registry_mu); /* held across fork: no worker comes or goes */
+    for (a = registry; a != NULL; a = a->next_live) {
+        pthread_mutex_lock(&a->mu);
+        a->hold = 1;
+        pthread_mutex_unlock(&a->mu);
+        curl_multi_wakeup(a->multi);
+        pthread_mutex_lock(&a->mu);
+        while (!a->held && !a->exited)
+            pthread_cond_wait(&a->cv, &a->mu);
+        pthread_mutex_unlock(&a->mu);
+    }
+}
+
+static void after_fork_parent(void)
+{
+    sx_async *a;
+    for (a = registry; a != NULL; a = a->next_live) {
+        pthread_mutex_lock(&a->mu);
+        a->hold = 0;
+        pthread_cond_broadcast(&a->cv);
+        pthread_mutex_unlock(&a->mu);
+    }
+    pthread_mutex_unlock(&registry_mu);
+}
+
+static void after_fork_child(void)
+{
+    registry = NULL; /* the workers stayed in the parent */
+    pthread_mutex_unlock(&registry_mu);
+}
+
+/* The handlers live in this library: it must stay loaded once they are
+ * registered, even after lua_close unloads C modules. */
+static void install_atfork(void)
+{
+    Dl_info self;
+    if (dladdr((void *)install_atfork, &self) != 0 && self.dli_fname != NULL)
+        (void)dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+    pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+}
+
+static void register_worker(sx_async *a)
+{
+    pthread_once(&atfork_once, install_atfork);
+    pthread_mutex_lock(&registry_mu);
+    a->next_live = registry;
+    registry = a;
+    pthread_mutex_unlock(&registry_mu);
+}
+
+static void unregister_worker(sx_async *a)
+{
+    sx_async **p;
+    pthread_mutex_lock(&registry_mu);
+    for (p = &registry; *p != NULL; p = &(*p)->next_live)
+        if (*p == a) {
+            *p = a->next_live;
+            break;
+        }
+    pthread_mutex_unlock(&registry_mu);
+}
+
 static void *worker(void *arg)
 {
     sx_async *a = arg;
     for (;;) {
         int running, stop;
         pthread_mutex_lock(&a->mu);
+        hold_still(a);
         stop = a->stopping;
-        if (stop)
+        if (stop) {
             cut_all(a);
-        else
+            a->exited = 1;
+            pthread_cond_broadcast(&a->cv);
+        } else {
             start_ready(a);
+        }
         pthread_mutex_unlock(&a->mu);
         if (stop)
             return NULL;
@@ -423,9 +543,12 @@ static int open_slot(sx_conn *s, CURL *model, const sx_async_opts *o)
  * has ended). */
 static void teardown(sx_async *a)
 {
+    unregister_worker(a);
     free_list(a->done);
-    if (a->has_mutex)
+    if (a->has_mutex) {
+        pthread_cond_destroy(&a->cv);
         pthread_mutex_destroy(&a->mu);
+    }
     free_slots(a); /* the slots not opened are zeroed: closing them is a no-op */
     if (a->multi != NULL)
         curl_multi_cleanup(a->multi);
@@ -445,7 +568,12 @@ sx_async *sx_async_new(CURL *model, const sx_async_opts *o)
     a->nslots = o->max_in_flight < 1 ? 1 : o->max_in_flight > MAX_SLOTS ? MAX_SLOTS : o->max_in_flight;
     a->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     a->multi = curl_multi_init();
-    a->has_mutex = pthread_mutex_init(&a->mu, NULL) == 0;
+    if (pthread_mutex_init(&a->mu, NULL) == 0) {
+        if (pthread_cond_init(&a->cv, NULL) == 0)
+            a->has_mutex = 1;
+        else
+            pthread_mutex_destroy(&a->mu);
+    }
     for (i = 0; i < a->nslots; i++)
         if (open_slot(&a->slots[i], model, o) != 0)
             break;
@@ -459,6 +587,7 @@ sx_async *sx_async_new(CURL *model, const sx_async_opts *o)
         teardown(a);
         return NULL;
     }
+    register_worker(a);
     return a;
 }
 

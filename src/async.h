@@ -48,9 +48,16 @@ sx_async *sx_async_new(CURL *model, const sx_async_opts *o);
 sx_job *sx_job_new(const char *url, const char *body, size_t len, int idempotent);
 void sx_job_free(sx_job *j);
 
-/* Queues j: 0, or -1 when the queue is full or stopping (j is not taken;
- * a full queue counts in `dropped`). */
+/* Queues j: 0; SX_SUBMIT_FULL when the queue is full or stopping,
+ * SX_SUBMIT_TOO_LARGE when j alone passes max_bytes (j is not taken; both
+ * count in `dropped`, unless stopping). */
+#define SX_SUBMIT_FULL (-1)
+#define SX_SUBMIT_TOO_LARGE (-2)
 int sx_async_submit(sx_async *a, sx_job *j);
+
+/* A completed job counted under `counted` (its transport kind) turned out to
+ * end as `final` once its body was read: moves it to the right stats bucket. */
+void sx_async_recount(sx_async *a, sx_kind counted, sx_kind final);
 
 /* The oldest completed job, or NULL. Drains the readiness descriptor when
  * nothing is left. */
