@@ -131,4 +131,46 @@ describe("delivery policy", function()
     local ms = tonumber(ask { "retry-after " .. future }[1])
     assert.is_true(ms >= 98000 and ms <= 100000, ms)
   end)
+
+  it("judges a 2xx body as the results code will (ok, api, decode) without Lua", function()
+    local cjson = require("cjson").new()
+    -- the results code: cjson decodes it, the text is an object, status "200" or 200
+    local function expected(body)
+      local ok, v = pcall(cjson.decode, body)
+      if not ok or not body:match("^%s*{") then return "decode" end
+      return (v.status == "200" or v.status == 200) and "ok" or "api"
+    end
+    local bodies = {
+      '{"status":"200","message":"OK"}', '{"status":200}', '{"status":200.0}', '{"status":2e2}',
+      ' \r\n\t{"status" : "200" } \n', '{"status":"400","message":"bad"}', '{"status":"201"}',
+      '{"status":null}', '{"status":true}', '{"status":["200"]}', '{"status":{"x":"200"}}', '{}',
+      '{"data":{"status":"200"}}', '{"status":"400","status":"200"}', '{"status":"200","status":"400"}',
+      '{"a":[1,2,{"b":null}],"status":"200","c":-0.5e-3}', '{"s":"\\u00e9\\n\\"","status":"200"}',
+      '[]', '[{"status":"200"}]', '"200"', '200', 'null', '', '   ', 'not json', '<html>x</html>',
+      '{"status":"200"', '{"status":"200"}x', '{"status":"200"}}', '{"status":"200",}', '{status:"200"}',
+      "{'status':'200'}", '{"status":"20\n0"}', '{"a":01}', '{"a":1.}', '{"a":.5}', '{"a":-}',
+      '{"a":"\\x"}', '{"a":"\\u12G4"}', '{"a":tru}', '{"a" "b"}', '{"a":1 "b":2}', '[1,]',
+      string.rep("[", 999) .. string.rep("]", 999), '{"a":' .. string.rep("[", 998) .. string.rep("]", 998) .. "}",
+    }
+    local function hex(s) return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end)) end
+    for _, b in ipairs(bodies) do
+      if #b <= 100 then
+        assert.equal(expected(b), ask { "judge " .. hex(b) }[1], b)
+      end
+    end
+    -- and random mutations of valid answers
+    math.randomseed(42)
+    local seeds = { '{"status":"200","message":"OK","data":{"tags":["a","b"],"n":1.5}}', '{"status":"400"}' }
+    local lines, want = {}, {}
+    for i = 1, 3000 do
+      local s = seeds[i % 2 + 1]
+      local pos = math.random(1, #s)
+      local c = string.char(({ 34, 44, 58, 123, 125, 91, 93, 48, 50, 32, 92, 110 })[math.random(1, 12)])
+      local m = math.random(1, 3) == 1 and s:sub(1, pos - 1) .. s:sub(pos + 1)
+        or s:sub(1, pos - 1) .. c .. s:sub(pos + (math.random(0, 1)))
+      lines[#lines + 1] = "judge " .. hex(m)
+      want[#want + 1] = expected(m)
+    end
+    assert.same(want, ask(lines))
+  end)
 end)

@@ -36,7 +36,8 @@ struct sx_async {
     sx_job *pending, *pending_tail;
     sx_job *done, *done_tail;
     long npending, nwaiting, nin_flight, ndone;
-    size_t pending_bytes;
+    size_t pending_bytes;          /* bodies waiting for their first attempt */
+    size_t done_bytes;             /* bodies and answers of calls not yet taken back */
     long sent, failed, retried, dropped;
     int stopping;
     int joined;                    /* the caller's: the thread was joined */
@@ -72,6 +73,7 @@ sx_job *sx_job_new(const char *url, const char *body, size_t len, int idempotent
     j->body[len] = '\0';
     j->len = len;
     j->idempotent = idempotent;
+    j->keep = 1;
     return j;
 }
 
@@ -125,8 +127,8 @@ int sx_async_submit(sx_async *a, sx_job *j)
         rc = SX_SUBMIT_FULL;
     else if (j->len > a->o.max_bytes)
         rc = SX_SUBMIT_TOO_LARGE;
-    else if (a->npending + a->nwaiting >= a->o.max_queue ||
-             a->pending_bytes + j->len > a->o.max_bytes)
+    else if (a->npending + a->nwaiting + a->ndone >= a->o.max_queue ||
+             a->pending_bytes + a->done_bytes + j->len > a->o.max_bytes)
         rc = SX_SUBMIT_FULL;
     if (rc == 0) {
         append(&a->pending, &a->pending_tail, j);
@@ -141,29 +143,15 @@ int sx_async_submit(sx_async *a, sx_job *j)
     return rc;
 }
 
-void sx_async_recount(sx_async *a, sx_kind counted, sx_kind final)
-{
-    sx_bucket was = sx_policy_bucket(counted), is = sx_policy_bucket(final);
-    if (was == is)
-        return;
-    pthread_mutex_lock(&a->mu);
-    if (was == SX_BUCKET_SENT) {
-        a->sent--;
-        a->failed++;
-    } else {
-        a->failed--;
-        a->sent++;
-    }
-    pthread_mutex_unlock(&a->mu);
-}
-
 sx_job *sx_async_take(sx_async *a)
 {
     sx_job *j;
     pthread_mutex_lock(&a->mu);
     j = pop(&a->done, &a->done_tail);
-    if (j != NULL)
+    if (j != NULL) {
         a->ndone--;
+        a->done_bytes -= j->len + j->response_len;
+    }
     if (a->done == NULL) {
         uint64_t n;
         while (read(a->efd, &n, sizeof n) > 0) /* non-blocking: drains */
@@ -218,18 +206,26 @@ void sx_async_wait(sx_async *a, long ms)
  * The worker
  * ------------------------------------------------------------------------ */
 
-/* Under mu: hands j back to the caller. */
+/* Under mu: counts j where the policy says (a 2xx answer's body decides
+ * between ok, api and decode), then hands it back to the caller, or frees it
+ * when nobody will read its results. */
 static void complete(sx_async *a, sx_job *j)
 {
     uint64_t one = 1;
-    append(&a->done, &a->done_tail, j);
-    a->ndone++;
-    /* provisional for a 2xx answer: its body may still make it an api or
-     * decode failure (sx_async_recount) */
-    if (sx_policy_bucket(j->r.kind) == SX_BUCKET_SENT)
+    sx_kind final = j->r.kind;
+    if (final == SX_OK)
+        final = sx_policy_judge_body(j->response ? j->response : "", j->response_len);
+    if (sx_policy_bucket(final) == SX_BUCKET_SENT)
         a->sent++;
     else
         a->failed++;
+    if (!j->keep) {
+        sx_job_free(j);
+        return;
+    }
+    append(&a->done, &a->done_tail, j);
+    a->ndone++;
+    a->done_bytes += j->len + j->response_len;
     if (write(a->efd, &one, sizeof one) < 0) {
         /* the counter cannot overflow in practice; readiness stays set */
     }

@@ -16,6 +16,7 @@ typedef struct sx_job {
     char *url, *body;     /* in the same allocation as the job */
     size_t len;
     int idempotent;
+    int keep;             /* 0: nobody reads the results: freed once counted */
     int ref;              /* the caller's (a Lua registry ref); never read here */
     int attempts;
     long long due_ms;     /* a retry waits until then (monotonic clock) */
@@ -48,16 +49,14 @@ sx_async *sx_async_new(CURL *model, const sx_async_opts *o);
 sx_job *sx_job_new(const char *url, const char *body, size_t len, int idempotent);
 void sx_job_free(sx_job *j);
 
-/* Queues j: 0; SX_SUBMIT_FULL when the queue is full or stopping,
+/* Queues j: 0; SX_SUBMIT_FULL when the queue is full (max_queue calls or
+ * max_bytes bytes, completed calls not yet taken back included) or stopping,
  * SX_SUBMIT_TOO_LARGE when j alone passes max_bytes (j is not taken; both
  * count in `dropped`, unless stopping). */
 #define SX_SUBMIT_FULL (-1)
 #define SX_SUBMIT_TOO_LARGE (-2)
 int sx_async_submit(sx_async *a, sx_job *j);
 
-/* A completed job counted under `counted` (its transport kind) turned out to
- * end as `final` once its body was read: moves it to the right stats bucket. */
-void sx_async_recount(sx_async *a, sx_kind counted, sx_kind final);
 
 /* The oldest completed job, or NULL. Drains the readiness descriptor when
  * nothing is left. */

@@ -124,3 +124,198 @@ long sx_policy_next(const sx_policy *p, const sx_attempt *a, int attempt, int id
         return -1;
     return backoff_ms(p, attempt, a->retry_after_ms, rng);
 }
+
+/* ---------------------------------------------------------------------------
+ * The body of a 2xx answer: ok, api or decode, as the results code will find
+ * it with lua-cjson, without building a Lua value (the worker thread judges
+ * calls whose results nobody will read). RFC 8259, with lua-cjson's one
+ * leniency that answers show: raw control characters inside strings.
+ * ------------------------------------------------------------------------ */
+
+#define MAX_DEPTH 1000 /* lua-cjson's default decode depth */
+
+typedef struct scan {
+    const char *p, *end;
+    int depth;
+} scan;
+
+static void skip_ws(scan *s)
+{
+    while (s->p < s->end && is_ows(*s->p))
+        s->p++;
+}
+
+/* A string at s->p; sets raw and rawlen to its contents when it has no escapes. */
+static int scan_string(scan *s, const char **raw, size_t *rawlen)
+{
+    const char *start = ++s->p;
+    int escaped = 0;
+    while (s->p < s->end && *s->p != '"') {
+        if (*s->p == '\\') { /* raw control characters pass, as lua-cjson lets them */
+            escaped = 1;
+            if (++s->p == s->end)
+                return 0;
+            if (*s->p == 'u') {
+                int i;
+                for (i = 1; i <= 4; i++)
+                    if (s->p + i >= s->end || !strchr("0123456789abcdefABCDEF", s->p[i]))
+                        return 0;
+                s->p += 4;
+            } else if (!strchr("\"\\/bfnrt", *s->p)) {
+                return 0;
+            }
+        }
+        s->p++;
+    }
+    if (s->p == s->end)
+        return 0;
+    if (raw != NULL) {
+        *raw = escaped ? NULL : start;
+        *rawlen = (size_t)(s->p - start);
+    }
+    s->p++;
+    return 1;
+}
+
+/* A number, read as lua-cjson reads it: whatever strtod takes at a '-', a
+ * digit, or (inf, nan) an i or n that does not start a literal. */
+static int scan_number(scan *s, double *v)
+{
+    char tmp[64], *end;
+    size_t n = 0;
+    double d;
+    while (s->p + n < s->end && n < sizeof tmp - 1 &&
+           strchr("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.+-",
+                  s->p[n]) != NULL && s->p[n] != '\0')
+        n++;
+    memcpy(tmp, s->p, n);
+    tmp[n] = '\0';
+    d = strtod(tmp, &end);
+    if (end == tmp)
+        return 0;
+    if (v != NULL)
+        *v = d;
+    s->p += end - tmp;
+    return 1;
+}
+
+static int scan_value(scan *s);
+
+static int scan_literal(scan *s, const char *word);
+
+/* Where lua-cjson starts a number token. */
+static int starts_number(const scan *s)
+{
+    char ch = *s->p;
+    size_t left = (size_t)(s->end - s->p);
+    if (ch == '-' || (ch >= '0' && ch <= '9') || ch == 'i' || ch == 'I' || ch == 'N')
+        return 1;
+    return ch == 'n' && !(left >= 4 && memcmp(s->p, "null", 4) == 0);
+}
+
+static int scan_literal(scan *s, const char *word)
+{
+    size_t n = strlen(word);
+    if ((size_t)(s->end - s->p) < n || memcmp(s->p, word, n) != 0)
+        return 0;
+    s->p += n;
+    return 1;
+}
+
+/* An object or array at s->p; for the top-level object, *status_ok tells
+ * whether its last "status" member is "200" or 200. */
+static int scan_container(scan *s, int *status_ok)
+{
+    char close = *s->p == '{' ? '}' : ']';
+    int object = close == '}', first = 1;
+    if (++s->depth > MAX_DEPTH)
+        return 0;
+    s->p++;
+    for (;;) {
+        const char *key = NULL;
+        size_t keylen = 0;
+        skip_ws(s);
+        if (s->p == s->end)
+            return 0;
+        if (*s->p == close && first)
+            break;
+        if (!first) {
+            if (*s->p == close)
+                break;
+            if (*s->p != ',')
+                return 0;
+            s->p++;
+            skip_ws(s);
+        }
+        first = 0;
+        if (object) {
+            if (s->p == s->end || *s->p != '"' || !scan_string(s, &key, &keylen))
+                return 0;
+            skip_ws(s);
+            if (s->p == s->end || *s->p != ':')
+                return 0;
+            s->p++;
+            skip_ws(s);
+        }
+        if (status_ok != NULL && key != NULL && keylen == 6 && memcmp(key, "status", 6) == 0) {
+            const char *v = NULL;
+            size_t vlen = 0;
+            double d = 0;
+            if (s->p < s->end && *s->p == '"') {
+                if (!scan_string(s, &v, &vlen))
+                    return 0;
+                *status_ok = v != NULL && vlen == 3 && memcmp(v, "200", 3) == 0;
+            } else if (s->p < s->end && starts_number(s)) {
+                if (!scan_number(s, &d))
+                    return 0;
+                *status_ok = d == 200.0;
+            } else {
+                if (!scan_value(s))
+                    return 0;
+                *status_ok = 0;
+            }
+        } else if (!scan_value(s)) {
+            return 0;
+        }
+    }
+    s->p++;
+    s->depth--;
+    return 1;
+}
+
+static int scan_value(scan *s)
+{
+    if (s->p == s->end)
+        return 0;
+    switch (*s->p) {
+    case '{':
+    case '[':
+        return scan_container(s, NULL);
+    case '"':
+        return scan_string(s, NULL, NULL);
+    case 't':
+        return scan_literal(s, "true");
+    case 'f':
+        return scan_literal(s, "false");
+    case 'n':
+        return starts_number(s) ? scan_number(s, NULL) : scan_literal(s, "null");
+    default:
+        return starts_number(s) && scan_number(s, NULL);
+    }
+}
+
+sx_kind sx_policy_judge_body(const char *body, size_t len)
+{
+    scan s;
+    int status_ok = 0;
+    s.p = body;
+    s.end = body + len;
+    s.depth = 0;
+    skip_ws(&s);
+    if (s.p == s.end || *s.p != '{' || !scan_container(&s, &status_ok))
+        return SX_DECODE;
+    skip_ws(&s);
+    if (s.p != s.end)
+        return SX_DECODE;
+    return status_ok ? SX_OK : SX_API;
+}

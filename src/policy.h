@@ -84,6 +84,12 @@ typedef enum sx_bucket { SX_BUCKET_SENT, SX_BUCKET_FAILED } sx_bucket;
  * decode failures included) is counted in the stats. */
 sx_bucket sx_policy_bucket(sx_kind kind);
 
+/* What a 2xx answer's body makes of the call, as the results code will see
+ * it: SX_OK (a JSON object whose "status" is "200" or 200), SX_API (another
+ * object) or SX_DECODE (not a JSON object). For callers that cannot build
+ * Lua values (the worker thread). */
+sx_kind sx_policy_judge_body(const char *body, size_t len);
+
 /* A Retry-After value (delta-seconds or HTTP-date, optional whitespace
  * around it) in ms, at most a day; -1 when unusable. */
 long sx_retry_after_ms(const char *v, size_t len);

@@ -2,7 +2,8 @@
  * policy_probe.c - asks src/policy.c for its verdicts, for spec/13-policy_spec.lua.
  * Reads lines "KIND STATUS TOO_LARGE NOT_SENT RETRY_AFTER_MS ATTEMPT IDEMPOTENT
  * RETRIES MAX_WAIT_MS SEED" (MAX_WAIT_MS "default": the module's default) or
- * "retry-after TEXT", and prints "KIND RETRYABLE WAIT_MS MESSAGE" or the ms.
+ * "retry-after TEXT" or "judge HEXBODY", and prints "KIND RETRYABLE WAIT_MS
+ * MESSAGE", the ms, or the kind the body makes of a 2xx answer.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,7 +21,7 @@ static sx_kind kind_of(const char *s)
 
 int main(void)
 {
-    char line[512], kind[32], wait[32];
+    char line[1024], kind[32], wait[32];
     while (fgets(line, sizeof line, stdin) != NULL) {
         sx_policy p;
         sx_attempt a;
@@ -28,6 +29,18 @@ int main(void)
         int attempt, idempotent, retries;
         unsigned seed;
         long w;
+        if (strncmp(line, "judge ", 6) == 0) { /* the body in hex: any bytes */
+            char body[200];
+            size_t n = 0;
+            unsigned byte;
+            const char *h = line + 6;
+            while (n < sizeof body && sscanf(h, "%2x", &byte) == 1) {
+                body[n++] = (char)byte;
+                h += 2;
+            }
+            printf("%s\n", sx_kind_name(sx_policy_judge_body(body, n)));
+            continue;
+        }
         if (strncmp(line, "retry-after ", 12) == 0) {
             size_t n = strlen(line + 12);
             if (n > 0 && line[12 + n - 1] == '\n')
