@@ -2,7 +2,7 @@
 -- must never inherit a lock that nobody will release. (Preforking servers
 -- may create clients and queue calls before they fork.) Needs lua-posix,
 -- which Debian 12 has for Lua 5.1-5.3 and LuaJIT.
-local mock = require(pcall(require, "tools.mock") and "tools.mock" or "spec.support.mock")
+local mock = require "tools.mock"
 local helpers = require "spec.helpers"
 
 describe("fork during TLS handshakes in the worker", function()

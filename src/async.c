@@ -526,8 +526,6 @@ static int open_slot(sx_conn *s, CURL *model, const sx_async_opts *o)
     /* close() must not wait for a DNS lookup in flight */
     ok = ok && curl_easy_setopt(s->curl, CURLOPT_QUICK_EXIT, 1L) == CURLE_OK;
 #endif
-    s->retries = o->retries;
-    s->max_retry_wait_ms = o->max_retry_wait_ms;
     sx_policy_init(&s->policy, o->retries, o->max_retry_wait_ms);
     s->retry_after_ms = -1;
     s->rng = (unsigned)time(NULL) ^ (unsigned)(size_t)s;

@@ -6,85 +6,13 @@
  * being built; field order on the wire is fixed (schema order).
  */
 #include "encode.h"
+#include "argcheck.h"
 #include "compat.h"
 
 #include <lauxlib.h>
-#include <ctype.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-
-#define MEMERR(L) luaL_error((L), "sendx: not enough memory")
-
-/* ---------------------------------------------------------------------------
- * Errors
- * ------------------------------------------------------------------------ */
-
-int sx_argerror(lua_State *L, int arg, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    lua_pushvfstring(L, fmt, ap);
-    va_end(ap);
-    if (arg == 0) /* not about an argument: e.g. an environment variable */
-        return luaL_error(L, "sendx: %s", lua_tostring(L, -1));
-    if (arg >= SX_ARG_NAMED) { /* called on behalf of a Lua wrapper: see encode.h */
-        static const char *const names[] = { "?", "identify", "track", "identify_async",
-                                             "track_async", "?", "?", "?" };
-        luaL_where(L, 2); /* the user's code: level 1 is the Lua wrapper */
-        lua_pushfstring(L, "bad argument #%d to '%s' (%s)", arg & 0xff, names[(arg >> 8) & 7],
-                        lua_tostring(L, -2));
-        lua_concat(L, 2);
-        return lua_error(L);
-    }
-    return luaL_argerror(L, arg, lua_tostring(L, -1));
-}
-
-static int lower(int c) { return tolower((unsigned char)c); }
-
-/* Case-insensitive edit distance, capped: enough to rank a handful of names. */
-static size_t distance(const char *a, const char *b)
-{
-    size_t la = strlen(a), lb = strlen(b), i, j, row[64];
-    if (la >= 63 || lb >= 63)
-        return 99;
-    for (j = 0; j <= lb; j++)
-        row[j] = j;
-    for (i = 1; i <= la; i++) {
-        size_t diag = row[0], up;
-        row[0] = i;
-        for (j = 1; j <= lb; j++) {
-            size_t best = diag + (lower(a[i - 1]) != lower(b[j - 1]));
-            up = row[j];
-            if (up + 1 < best)
-                best = up + 1;
-            if (row[j - 1] + 1 < best)
-                best = row[j - 1] + 1;
-            diag = up;
-            row[j] = best;
-        }
-    }
-    return row[lb];
-}
-
-int sx_unknown_field(lua_State *L, int arg, const char *prefix, const char *key,
-                     const char *const *names)
-{
-    const char *best = NULL;
-    size_t bestd = (size_t)-1, limit = strlen(key) / 3 + 2;
-    for (; *names != NULL; names++) {
-        size_t d = distance(key, *names);
-        if (d < bestd) {
-            bestd = d;
-            best = *names;
-        }
-    }
-    if (best != NULL && bestd <= limit)
-        return sx_argerror(L, arg, "%s%s: unknown field (did you mean '%s'?)",
-                           prefix, key, best);
-    return sx_argerror(L, arg, "%s%s: unknown field", prefix, key);
-}
 
 /* ---------------------------------------------------------------------------
  * JSON strings
@@ -421,16 +349,23 @@ typedef struct field {
 #define FIELD2(n, a, t) { n, a, t, ",\"" n "\":", sizeof(n) - 1, sizeof(a) - 1 }
 #define FIELD_END { NULL, NULL, T_STRING, NULL, 0, 0 }
 
-static const field identify_fields[] = {
-    FIELD("email", T_EMAIL),
-    FIELD2("firstName", "first_name", T_STRING),
-    FIELD2("lastName", "last_name", T_STRING),
-    FIELD("company", T_STRING),
-    FIELD2("newEmail", "new_email", T_EMAIL),
-    FIELD("birthday", T_DATE),
-    FIELD2("customFields", "custom_fields", T_OBJECT),
-    FIELD("tags", T_ARRAY),
-    FIELD_END,
+/* The slots of the fields: collect_fields leaves field i's value at base + i. */
+enum identify_slot {
+    ID_EMAIL, ID_FIRST_NAME, ID_LAST_NAME, ID_COMPANY, ID_NEW_EMAIL, ID_BIRTHDAY,
+    ID_CUSTOM_FIELDS, ID_TAGS, ID_COUNT
+};
+enum track_slot { TR_ADD_TAGS, TR_REMOVE_TAGS, TR_COUNT };
+
+static const field identify_fields[ID_COUNT + 1] = {
+    [ID_EMAIL] = FIELD("email", T_EMAIL),
+    [ID_FIRST_NAME] = FIELD2("firstName", "first_name", T_STRING),
+    [ID_LAST_NAME] = FIELD2("lastName", "last_name", T_STRING),
+    [ID_COMPANY] = FIELD("company", T_STRING),
+    [ID_NEW_EMAIL] = FIELD2("newEmail", "new_email", T_EMAIL),
+    [ID_BIRTHDAY] = FIELD("birthday", T_DATE),
+    [ID_CUSTOM_FIELDS] = FIELD2("customFields", "custom_fields", T_OBJECT),
+    [ID_TAGS] = FIELD("tags", T_ARRAY),
+    [ID_COUNT] = FIELD_END,
 };
 
 static const char *const identify_names[] = {
@@ -438,17 +373,18 @@ static const char *const identify_names[] = {
     "tags", "first_name", "last_name", "new_email", "custom_fields", NULL,
 };
 
-static const field track_fields[] = {
-    FIELD2("addTags", "add_tags", T_ARRAY),
-    FIELD2("removeTags", "remove_tags", T_ARRAY),
-    FIELD_END,
+static const field track_fields[TR_COUNT + 1] = {
+    [TR_ADD_TAGS] = FIELD2("addTags", "add_tags", T_ARRAY),
+    [TR_REMOVE_TAGS] = FIELD2("removeTags", "remove_tags", T_ARRAY),
+    [TR_COUNT] = FIELD_END,
 };
 
 static const char *const track_names[] = {
     "addTags", "removeTags", "add_tags", "remove_tags", NULL,
 };
 
-#define MAX_FIELDS 8
+#define MAX_FIELDS ID_COUNT /* the most fields of a schema: collect_fields' seen[] */
+SX_STATIC_ASSERT((int)TR_COUNT <= (int)MAX_FIELDS, track_fits_max_fields);
 
 static int same(const char *k, size_t klen, const char *name, size_t namelen)
 {
@@ -524,22 +460,17 @@ static int add_field(lua_State *L, sx_buf *b, int arg, const field *f)
     return 0;
 }
 
-static int absindex(lua_State *L, int idx)
-{
-    return (idx > 0 || idx <= LUA_REGISTRYINDEX) ? idx : lua_gettop(L) + idx + 1;
-}
-
 int sx_encode_identify(lua_State *L, int idx, int arg, sx_api api, sx_buf *b)
 {
     int i, base, incr = 0, first = 1;
-    idx = absindex(L, idx);
+    idx = lua_absindex(L, idx);
     if (!lua_istable(L, idx))
         sx_argerror(L, arg, "contact: expected table, got %s", luaL_typename(L, idx));
     luaL_checkstack(L, MAX_FIELDS + 8, NULL);
     base = collect_fields(L, idx, arg, identify_fields, identify_names);
-    if (lua_isnil(L, base))
+    if (lua_isnil(L, base + ID_EMAIL))
         sx_argerror(L, arg, "email: required");
-    if (api == SX_API_REST && !lua_isnil(L, base + 5))
+    if (api == SX_API_REST && !lua_isnil(L, base + ID_BIRTHDAY))
         sx_argerror(L, arg, "birthday: not accepted by api 'rest' (legacy only)");
     sx_buf_reset(b);
     add_char(L, b, '{');
@@ -560,7 +491,7 @@ void sx_encode_track(lua_State *L, int idx, int arg, const char *email,
                      size_t email_len, sx_buf *b)
 {
     int i, base, first = 1;
-    idx = absindex(L, idx);
+    idx = lua_absindex(L, idx);
     if (!lua_istable(L, idx))
         sx_argerror(L, arg, "changes: expected table, got %s", luaL_typename(L, idx));
     luaL_checkstack(L, MAX_FIELDS + 8, NULL);
@@ -568,7 +499,7 @@ void sx_encode_track(lua_State *L, int idx, int arg, const char *email,
     sx_buf_reset(b);
     add_char(L, b, '{');
     if (email != NULL) {
-        add_key(L, b, &identify_fields[0], &first); /* "email" */
+        add_key(L, b, &identify_fields[ID_EMAIL], &first); /* "email" */
         add_json_string(L, b, email, email_len, arg, "", "email");
     }
     for (i = 0; track_fields[i].name != NULL; i++) {

@@ -10,6 +10,7 @@
 #define SENDX_ENCODE_H
 
 #include <lua.h>
+#include "argcheck.h" /* the SX_ARG_* values of `arg` */
 #include "buffer.h"
 
 typedef enum sx_api { SX_API_LEGACY = 0, SX_API_REST = 1 } sx_api;
@@ -29,21 +30,5 @@ const char *sx_check_email(lua_State *L, int idx, int arg, size_t *len);
 
 /* 1 when s[0..len) is valid UTF-8. */
 int sx_utf8_valid(const char *s, size_t len);
-
-/* Raises "bad argument #arg to 'f' (<formatted message>)", or with arg 0
- * "sendx: <formatted message>". An `arg` made by SX_ARG_IDENTIFY, SX_ARG_TRACK (or their _ASYNC)
- * names the argument of that call whatever the Lua call frame says: the
- * OpenResty transport's Lua wrappers call the encoder through a bridge. */
-#define SX_ARG_NAMED 0x100
-#define SX_ARG_IDENTIFY(n) (0x100 | (n))
-#define SX_ARG_TRACK(n) (0x200 | (n))
-#define SX_ARG_IDENTIFY_ASYNC(n) (0x300 | (n))
-#define SX_ARG_TRACK_ASYNC(n) (0x400 | (n))
-int sx_argerror(lua_State *L, int arg, const char *fmt, ...);
-
-/* Raises the "unknown field" error for `key`, suggesting the nearest of the
- * NULL-terminated `names`. */
-int sx_unknown_field(lua_State *L, int arg, const char *prefix, const char *key,
-                     const char *const *names);
 
 #endif

@@ -111,8 +111,6 @@ static int set_options(sx_conn *c, const sx_conn_opts *o)
 int sx_conn_open(sx_conn *c, const sx_conn_opts *o)
 {
     memset(c, 0, sizeof *c);
-    c->retries = o->retries;
-    c->max_retry_wait_ms = o->max_retry_wait_ms;
     sx_policy_init(&c->policy, o->retries, o->max_retry_wait_ms);
     c->rng = (unsigned)time(NULL) ^ (unsigned)(size_t)c;
     c->pid = getpid();
@@ -203,34 +201,6 @@ static void observe(sx_conn *c, CURLcode rc, sx_attempt *a)
     }
     curl_easy_getinfo(c->curl, CURLINFO_REQUEST_SIZE, &sent);
     a->not_sent = sent == 0;
-}
-
-/* Transitional wrappers for the OpenResty bridge (see transport.h). */
-int sx_retryable(sx_kind kind, long status, int not_sent, int idempotent)
-{
-    sx_policy p;
-    sx_attempt a;
-    sx_result r;
-    unsigned rng = 1;
-    sx_policy_init(&p, 1, 0);
-    memset(&a, 0, sizeof a);
-    a.kind = kind == SX_HTTP ? SX_OK : kind;
-    a.status = status;
-    a.not_sent = not_sent;
-    sx_policy_next(&p, &a, 1, idempotent, &rng, &r);
-    return r.retryable;
-}
-
-long sx_backoff_ms(int attempt, long retry_after_ms, long max_wait_ms, unsigned *rng)
-{
-    sx_policy p;
-    sx_attempt a;
-    sx_result r;
-    sx_policy_init(&p, -1, max_wait_ms);
-    memset(&a, 0, sizeof a);
-    a.kind = SX_NETWORK;
-    a.retry_after_ms = retry_after_ms;
-    return sx_policy_next(&p, &a, attempt, 1, rng, &r);
 }
 
 void sx_conn_start(sx_conn *c, const char *url, const char *body, size_t len, int idempotent)

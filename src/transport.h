@@ -26,9 +26,7 @@ typedef struct sx_conn_opts {
 typedef struct sx_conn {
     CURL *curl;
     struct curl_slist *headers;
-    long max_retry_wait_ms;
-    int retries;
-    sx_policy policy;
+    sx_policy policy;       /* retries, waits: see policy.h */
     unsigned rng;           /* jitter state, per connection: no globals */
     sx_buf response;        /* body of the last response */
     long retry_after_ms;    /* from the last response, -1 when absent */
@@ -64,8 +62,5 @@ long sx_conn_finish(sx_conn *c, CURLcode rc, int idempotent, int attempt, sx_res
  * the parent's connections. 0 when nothing was needed or it worked. */
 int sx_conn_after_fork(sx_conn *c);
 
-/* Transitional, for the OpenResty bridge until it calls sx_policy_next. */
-int sx_retryable(sx_kind kind, long status, int not_sent, int idempotent);
-long sx_backoff_ms(int attempt, long retry_after_ms, long max_wait_ms, unsigned *rng);
 
 #endif

@@ -3,14 +3,23 @@
 -- The C module loads this file when it finds itself inside nginx. It replaces
 -- identify and track (the module's and the client methods) with versions that
 -- send over nginx cosockets, so a request never blocks the nginx worker.
--- Validation, the JSON encoder, the retry policy and the shape of the results
--- stay in C (the bridge); this file only moves bytes and sleeps with ngx.sleep.
+-- Validation, the JSON encoder, the delivery policy (retries, waits, kinds,
+-- messages, limits) and the shape of the results stay in C (the bridge,
+-- src/bridge.c); this file only does what must be Lua: cosockets (through
+-- sendx.http), ngx.sleep and timers.
 
 local ngx = ngx
 local http = require "sendx.http"
 local get_phase, sleep = ngx.get_phase, ngx.sleep
 local now, update_time = ngx.now, ngx.update_time
 local error, tostring, setmetatable, type, pcall = error, tostring, setmetatable, type, pcall
+local exiting = ngx.worker.exiting
+
+-- Once nginx asks a worker to exit (quit, reload), its queues get this long
+-- to deliver what they hold before the rest is reported as kind "shutdown";
+-- attempts started meanwhile end by then too. Keep worker_shutdown_timeout
+-- above it.
+local EXIT_GRACE = 2
 local lower, match, format = string.lower, string.match, string.format
 local attempt = http.request
 
@@ -66,7 +75,9 @@ end
 return function(module, methods, bridge)
   local targets = setmetatable({}, { __mode = "k" })
   local prepare_identify, prepare_track = bridge.identify, bridge.track
-  local retryable, outcome, backoff = bridge.retryable, bridge.outcome, bridge.backoff
+  local decide, outcome, shutdown = bridge.decide, bridge.outcome, bridge.shutdown
+  local words = bridge.words
+  local c_close = methods.close
 
   -- The target of a client, computed once.
   local function target_of(client)
@@ -78,20 +89,32 @@ return function(module, methods, bridge)
     return t
   end
 
-  -- Sends with the retry policy of the C transport; returns the call's
-  -- results. `stats`, when given, counts the retries.
-  local function send(client, path, body, idempotent, stats)
+  -- Whether a queued call must stop now rather than wait `wait` seconds for
+  -- its next attempt: its client was closed, or the worker is exiting and
+  -- the grace would be over.
+  local function cut(q, wait)
+    if q.closed then return true end
+    if not exiting() then return false end
+    update_time()
+    q.exit_at = q.exit_at or now() + EXIT_GRACE
+    return now() + (wait or 0) >= q.exit_at
+  end
+
+  -- Sends with the delivery policy (C decides every step); returns the call's
+  -- results. `q`, for a queued call, counts retries and may cut the call.
+  local function send(client, path, body, idempotent, q)
     local t = target_of(client)
     local n = 0
     while true do
       n = n + 1
       local kind, status, resp, msg, not_sent, retry_after = attempt(t, path, body, idempotent)
-      local again = retryable(kind, status, not_sent, idempotent)
-      if not again or n > t.retries then
-        return outcome(kind, status, resp, msg, n, again)
+      local wait = decide(client, n, idempotent, kind, status, not_sent, retry_after)
+      if not wait then return outcome(client, n, idempotent, kind, status, resp, msg, not_sent) end
+      if q then
+        if cut(q, wait) then return shutdown(n) end
+        q.stats.retried = q.stats.retried + 1
       end
-      if stats then stats.retried = stats.retried + 1 end
-      sleep(backoff(client, n, retry_after))
+      sleep(wait)
     end
   end
 
@@ -136,30 +159,82 @@ return function(module, methods, bridge)
     local q = queues[client]
     if not q then
       local t = target_of(client)
-      q = { first = 1, last = 0, workers = 0, max_queue = t.max_queue, max_in_flight = t.max_in_flight,
+      q = { first = 1, last = 0, workers = 0, bytes = 0, busy = {},
+            max_queue = t.max_queue, max_bytes = t.max_queue_bytes, max_in_flight = t.max_in_flight,
             stats = { queued = 0, in_flight = 0, sent = 0, failed = 0, retried = 0, dropped = 0 } }
       queues[client] = q
     end
     return q
   end
 
+  -- A callback raised err: on_error takes it, else nginx's error log.
+  local function report(client, err)
+    local on_error = bridge.on_error(client)
+    if on_error then
+      local ok, err2 = pcall(on_error, err)
+      if ok then return end
+      err = err2
+    end
+    ngx.log(ngx.ERR, "sendx: callback error: ", tostring(err))
+  end
+
+  -- Counts a finished call where the policy says and runs its callback, once.
+  local function deliver(client, q, job, res, err, info)
+    if job.done then return end
+    job.done = true
+    local st = q.stats
+    if res then st.sent = st.sent + 1 else st.failed = st.failed + 1 end
+    if job.callback then
+      local ok, cerr = pcall(job.callback, res, err, info)
+      if not ok then report(client, cerr) end
+    end
+  end
+
+  -- Takes the oldest queued call.
+  local function take(q)
+    local job = q[q.first]
+    q[q.first] = nil
+    q.first = q.first + 1
+    q.bytes = q.bytes - #job.body
+    q.stats.queued = q.stats.queued - 1
+    return job
+  end
+
+  -- Reports every queued call, and with `in_flight` the calls being sent,
+  -- as cut short (kind "shutdown").
+  local function cut_all(client, q, in_flight)
+    while q.first <= q.last do
+      deliver(client, q, take(q), shutdown(0))
+    end
+    if in_flight then
+      for job in pairs(q.busy) do
+        q.busy[job] = nil
+        q.stats.in_flight = q.stats.in_flight - 1
+        deliver(client, q, job, shutdown(job.attempts or 1))
+      end
+    end
+  end
+
   local function worker(premature, client, q)
     local st = q.stats
     while q.first <= q.last do
-      local job = q[q.first]
-      q[q.first] = nil
-      q.first = q.first + 1
-      st.queued, st.in_flight = st.queued - 1, st.in_flight + 1
-      local ok, res, err, info = pcall(send, client, job[1], job[2], job[3], st)
-      if ok and res then st.sent = st.sent + 1 else st.failed = st.failed + 1 end
-      if not ok then
-        res, err, info = nil, "sendx: " .. tostring(res), { kind = "network", retryable = false, attempts = 1 }
+      if premature or cut(q) then
+        cut_all(client, q)
+        break
       end
-      if job[4] then
-        local cok, cerr = pcall(job[4], res, err, info)
-        if not cok then ngx.log(ngx.ERR, "sendx: callback error: ", tostring(cerr)) end
+      local job = take(q)
+      q.busy[job] = true
+      st.in_flight = st.in_flight + 1
+      local ok, res, err, info = pcall(send, client, job.path, job.body, job.idempotent, q)
+      if not ok then -- a Lua error on the way: a network failure, in C's words
+        res, err, info = outcome(client, 1, job.idempotent, "network", nil, nil,
+          (tostring(res):gsub("^sendx: ", "")), true)
       end
-      st.in_flight = st.in_flight - 1 -- after the callback: flush waits for it
+      if q.busy[job] then -- else close or exit reported it already
+        q.busy[job] = nil
+        deliver(client, q, job, res, err, info)
+        st.in_flight = st.in_flight - 1 -- after the callback: flush waits for it
+      end
     end
     q.workers = q.workers - 1
   end
@@ -167,12 +242,17 @@ return function(module, methods, bridge)
   local function enqueue(client, path, body, idempotent, callback)
     local q = queue_of(client)
     local st = q.stats
-    if st.queued >= q.max_queue then
+    if #body > q.max_bytes then
       st.dropped = st.dropped + 1
-      return nil, "queue full"
+      return nil, words.too_large_for_queue
+    end
+    if st.queued >= q.max_queue or q.bytes + #body > q.max_bytes then
+      st.dropped = st.dropped + 1
+      return nil, words.queue_full
     end
     q.last = q.last + 1
-    q[q.last] = { path, body, idempotent, callback }
+    q[q.last] = { path = path, body = body, idempotent = idempotent, callback = callback }
+    q.bytes = q.bytes + #body
     st.queued = st.queued + 1
     if q.workers < q.max_in_flight then
       local ok, err = ngx.timer.at(0, worker, client, q)
@@ -181,9 +261,10 @@ return function(module, methods, bridge)
       elseif q.workers == 0 then -- nobody will drain it: take the call back
         q[q.last] = nil
         q.last = q.last - 1
+        q.bytes = q.bytes - #body
         st.queued = st.queued - 1
         st.dropped = st.dropped + 1
-        return nil, "queue full (nginx refused a timer: " .. tostring(err) .. ")"
+        return nil, words.queue_full .. " (nginx refused a timer: " .. tostring(err) .. ")"
       end
     end
     return true
@@ -232,13 +313,18 @@ return function(module, methods, bridge)
   function methods.poll() return 0 end
   function module.poll() return 0 end
 
-  -- Waits (ngx.sleep) until the client's queue is empty.
+  -- Waits (ngx.sleep) until the client's queue is empty, at most `timeout`
+  -- seconds when it is a number >= 0. true, or nil, "timeout".
   local function flush(client, timeout)
     local q = queues[client]
-    if not q then return true end
+    if not q or q.stats.queued + q.stats.in_flight == 0 then return true end
+    if timeout ~= nil and type(timeout) ~= "number" then
+      error(format("bad argument #1 to 'flush' (number expected, got %s)", type(timeout)), 3)
+    end
+    if timeout and timeout == 0 then return nil, "timeout" end
     check_phase("flush")
     update_time()
-    local deadline = timeout and now() + timeout
+    local deadline = timeout and timeout >= 0 and now() + timeout
     while q.stats.queued + q.stats.in_flight > 0 do
       if deadline then
         update_time()
@@ -251,6 +337,29 @@ return function(module, methods, bridge)
 
   function methods.flush(self, timeout) return flush(self, timeout) end
   function module.flush(timeout) return flush(bridge.default(), timeout) end
+
+  -- client:close([timeout]) -> true | nil, "timeout": waits up to timeout
+  -- (5 s; 0 where nginx cannot sleep) for queued calls, reports the rest
+  -- as kind "shutdown", then releases the client. Idempotent.
+  function methods.close(self, timeout)
+    local q = queues[self]
+    local ok, err = true, nil
+    if q and not q.closed then
+      if timeout ~= nil and type(timeout) ~= "number" then
+        error(format("bad argument #1 to 'close' (number expected, got %s)", type(timeout)), 2)
+      end
+      if COSOCKET_PHASES[get_phase()] then
+        ok, err = flush(self, timeout or 5)
+      elseif q.stats.queued + q.stats.in_flight > 0 then
+        ok, err = nil, "timeout"
+      end
+      q.closed = true
+      cut_all(self, q, true)
+    end
+    c_close(self, 0)
+    if ok then return true end
+    return nil, err
+  end
 
   function methods.stats(self)
     local st = queue_of(self).stats

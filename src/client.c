@@ -1,0 +1,302 @@
+/*
+ * client.c - the client object: creation from options, release, the
+ * module's default client, tostring, the request URL, and the synchronous
+ * calls (identify and track over the client's libcurl handle).
+ */
+#include "client.h"
+#include "options.h"
+#include "results.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#define LEGACY_BASE "https://app.sendx.io/api/v1"
+#define REST_BASE "https://api.sendx.io/api/v1/rest"
+
+/* ---------------------------------------------------------------------------
+ * Lifecycle
+ * ------------------------------------------------------------------------ */
+
+sx_client *sx_check_client_at(lua_State *L, int idx, int level)
+{
+    sx_client *c = luaL_checkudata(L, idx, CLIENT_MT);
+    const char *why = c->missing != NULL ? c->missing : !c->open ? "sendx: client is closed" : NULL;
+    if (why != NULL) {
+        luaL_where(L, level);
+        lua_pushstring(L, why);
+        lua_concat(L, 2);
+        lua_error(L);
+    }
+    return c;
+}
+
+sx_client *sx_check_client(lua_State *L, int idx)
+{
+    return sx_check_client_at(L, idx, 1);
+}
+
+void sx_client_release(lua_State *L, sx_client *c)
+{
+    sx_drop_async(L, c);
+    while (c->limbo != NULL && c->running == 0) { /* else the active run_done frees them */
+        sx_job *j = c->limbo;
+        c->limbo = j->next;
+        luaL_unref(L, LUA_REGISTRYINDEX, j->ref);
+        sx_job_free(j);
+    }
+    luaL_unref(L, LUA_REGISTRYINDEX, c->on_error_ref);
+    c->on_error_ref = LUA_NOREF;
+    if (c->open && c->conn.pid != getpid())
+        c->conn.curl = NULL; /* the parent's connections: left alone, never shut down */
+    if (c->open)
+        sx_conn_close(&c->conn);
+    c->open = 0;
+    c->missing = NULL;
+    sx_buf_free(&c->base);
+    sx_buf_free(&c->team);
+    sx_buf_free(&c->url);
+    sx_buf_free(&c->body);
+    if (c->auth.data != NULL)
+        memset(c->auth.data, 0, c->auth.cap); /* no copy of the key left in freed memory */
+    sx_buf_free(&c->auth);
+    sx_buf_free(&c->ua);
+}
+
+static void set_key_tail(sx_client *c, const char *key)
+{
+    size_t len = strlen(key);
+    if (len >= 12)
+        snprintf(c->key_tail, sizeof c->key_tail, "...%s", key + len - 4);
+    else
+        snprintf(c->key_tail, sizeof c->key_tail, "****");
+}
+
+static void copy_cstr(lua_State *L, sx_buf *b, const char *s, size_t len)
+{
+    sx_buf_reset(b);
+    if (sx_buf_add(b, s, len) != 0 || sx_buf_cstr(b) != 0)
+        MEMERR(L);
+}
+
+/* The strings c keeps: base URL (and where its path starts), team, auth
+ * header line, User-Agent. */
+static void client_strings(lua_State *L, sx_client *c, const sx_config *o)
+{
+    char ua[160];
+    size_t blen;
+    const char *authority;
+    const char *base = o->base_url ? o->base_url : (o->api == SX_API_REST ? REST_BASE : LEGACY_BASE);
+    for (blen = strlen(base); blen > 0 && base[blen - 1] == '/'; blen--)
+        ;
+    copy_cstr(L, &c->base, base, blen);
+    authority = strstr(c->base.data, "://") + 3; /* sx_read_config made sure */
+    c->path_off = (size_t)(authority - c->base.data) + strcspn(authority, "/");
+    copy_cstr(L, &c->team, o->team_id ? o->team_id : "", o->team_id ? strlen(o->team_id) : 0);
+    snprintf(ua, sizeof ua, "sendx/%s (%s; libcurl/%s)", SENDX_VERSION, LUA_VERSION,
+             curl_version_info(CURLVERSION_NOW)->version);
+    if (sx_buf_adds(&c->auth, o->api == SX_API_REST ? "X-Team-ApiKey: " : "api_key: ") != 0 ||
+        sx_buf_adds(&c->auth, o->api_key) != 0 || sx_buf_cstr(&c->auth) != 0)
+        MEMERR(L);
+    copy_cstr(L, &c->ua, o->user_agent ? o->user_agent : ua,
+              strlen(o->user_agent ? o->user_agent : ua));
+}
+
+/* Opens the libcurl side of c from checked options. */
+static void client_open(lua_State *L, sx_client *c, const sx_config *o)
+{
+    sx_conn_opts co;
+    client_strings(L, c, o);
+    co.auth_header = c->auth.data;
+    co.user_agent = c->ua.data;
+    co.ca_file = o->ca_file;
+    co.proxy = o->proxy;
+    co.no_env_proxy = o->plain_http; /* see check_config in options.c */
+    co.timeout_ms = o->timeout_ms;
+    co.connect_timeout_ms = o->connect_timeout_ms;
+    co.max_retry_wait_ms = o->max_retry_wait_ms;
+    co.retries = (int)o->retries;
+    if (sx_conn_open(&c->conn, &co) != 0)
+        luaL_error(L, "sendx: libcurl could not be initialised");
+    c->open = 1;
+    c->api = o->api;
+    c->timeout_ms = o->timeout_ms;
+    c->connect_timeout_ms = o->connect_timeout_ms;
+    c->pool_size = o->pool_size;
+    c->has_ca_file = o->ca_file != NULL;
+    c->has_proxy = o->proxy != NULL;
+    c->aopts.max_in_flight = (int)o->max_in_flight;
+    c->aopts.max_queue = o->max_queue;
+    c->aopts.max_bytes = (size_t)o->max_queue_bytes;
+    c->aopts.retries = (int)o->retries;
+    c->aopts.max_retry_wait_ms = o->max_retry_wait_ms;
+    set_key_tail(c, o->api_key);
+}
+
+/* Which credential is missing ("api_key", "team_id"), or NULL. */
+static const char *missing_credential(const sx_config *o)
+{
+    if (o->api_key == NULL)
+        return "api_key";
+    if (o->team_id == NULL && o->api == SX_API_LEGACY)
+        return "team_id";
+    return NULL;
+}
+
+sx_client *sx_client_new(lua_State *L, int idx, int arg, int lazy)
+{
+    sx_config o;
+    const char *missing;
+    sx_client *c;
+    sx_read_config(L, idx, arg, lazy, &o);
+    missing = missing_credential(&o);
+    if (missing != NULL && !lazy)
+        sx_argerror(L, arg, "%s: required%s", missing,
+                    o.api == SX_API_LEGACY ? "" : " for api 'rest'");
+    c = lua_newuserdata(L, sizeof *c);
+    memset(c, 0, sizeof *c);
+    c->on_error_ref = LUA_NOREF;
+    luaL_setmetatable(L, CLIENT_MT);
+    if (sx_get_option(L, idx, "on_error"))
+        c->on_error_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    else
+        lua_pop(L, 1);
+    if (missing == NULL)
+        client_open(L, c, &o);
+    else
+        c->missing = missing[0] == 'a'
+            ? "sendx: no API key: call sendx.configure{ api_key = ..., team_id = ... } "
+              "or set SENDX_API_KEY and SENDX_TEAM_ID"
+            : "sendx: no team id: call sendx.configure{ team_id = ... } or set SENDX_TEAM_ID";
+    return c;
+}
+
+void sx_client_describe(lua_State *L, sx_client *c)
+{
+    if (!c->open)
+        lua_pushstring(L, c->missing ? "sendx.client (no credentials)" : "sendx.client (closed)");
+    else
+        lua_pushfstring(L, "sendx.client (%s, team '%s', key '%s')",
+                        c->api == SX_API_REST ? "rest" : "legacy",
+                        c->team.len ? c->team.data : "-", c->key_tail);
+}
+
+/* ---------------------------------------------------------------------------
+ * The default client of the module-level calls (registry DEFAULT_KEY)
+ * ------------------------------------------------------------------------ */
+
+void sx_set_default(lua_State *L, int idx, int arg)
+{
+    sx_client *old;
+    sx_client_new(L, idx, arg, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, DEFAULT_KEY);
+    lua_pushvalue(L, -2);
+    /* stored before the old one closes: a configure run by one of its
+     * callbacks comes later, and wins */
+    lua_setfield(L, LUA_REGISTRYINDEX, DEFAULT_KEY);
+    if ((old = luaL_testudata(L, -1, CLIENT_MT)) != NULL)
+        sx_close_client(L, old, 5.0, 1);
+    lua_pop(L, 2);
+}
+
+void sx_push_default(lua_State *L)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, DEFAULT_KEY);
+    if (lua_isnil(L, -1)) {
+        sx_set_default(L, lua_gettop(L), 0);
+        lua_pop(L, 1);
+        lua_getfield(L, LUA_REGISTRYINDEX, DEFAULT_KEY);
+    }
+}
+
+sx_client *sx_default_client(lua_State *L)
+{
+    sx_push_default(L);
+    return sx_check_client(L, -1);
+}
+
+/* ---------------------------------------------------------------------------
+ * Requests
+ * ------------------------------------------------------------------------ */
+
+static void add_escaped(lua_State *L, sx_buf *b, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t i;
+    if (sx_buf_reserve(b, len * 3) != 0)
+        MEMERR(L);
+    for (i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if ((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+            ch == '-' || ch == '.' || ch == '_' || ch == '~') {
+            b->data[b->len++] = (char)ch;
+        } else {
+            b->data[b->len++] = '%';
+            b->data[b->len++] = hex[ch >> 4];
+            b->data[b->len++] = hex[ch & 15];
+        }
+    }
+}
+
+const char *sx_build_url(lua_State *L, sx_client *c, const char *what, const char *email,
+                         size_t email_len)
+{
+    sx_buf *u = &c->url;
+    sx_buf_reset(u);
+    if (sx_buf_add(u, c->base.data, c->base.len) != 0 || sx_buf_adds(u, "/contact/") != 0 ||
+        sx_buf_adds(u, what) != 0)
+        MEMERR(L);
+    if (c->api == SX_API_LEGACY) {
+        if (sx_buf_adds(u, "?team_id=") != 0)
+            MEMERR(L);
+        add_escaped(L, u, c->team.data, c->team.len);
+        if (email != NULL) {
+            if (sx_buf_adds(u, "&email=") != 0)
+                MEMERR(L);
+            add_escaped(L, u, email, email_len);
+        }
+    }
+    if (sx_buf_cstr(u) != 0)
+        MEMERR(L);
+    return u->data;
+}
+
+/* The body and libcurl's message are copied into Lua strings before anything
+ * else: a finalizer run by a later allocation may use (or close) this client.
+ * [-0, +1|3] */
+static int push_outcome(lua_State *L, sx_client *c, const sx_result *r)
+{
+    const sx_buf *raw = &c->conn.response;
+    int top = lua_gettop(L), n;
+    if (raw->len > 0 && !c->conn.too_large) /* a truncated body is of no use */
+        lua_pushlstring(L, raw->data, raw->len);
+    else
+        lua_pushnil(L);
+    n = sx_push_result(L, top + 1, r);
+    lua_remove(L, top + 1); /* the raw body, below the results */
+    return n;
+}
+
+/* POSTs c->body to url and pushes the results. [-0, +1|3] */
+static int send_request(lua_State *L, sx_client *c, const char *url, int idempotent)
+{
+    sx_result r;
+    if (sx_conn_after_fork(&c->conn) != 0)
+        return MEMERR(L);
+    sx_conn_post(&c->conn, url, c->body.data, c->body.len, idempotent, &r);
+    return push_outcome(L, c, &r);
+}
+
+int sx_do_identify(lua_State *L, sx_client *c, int arg)
+{
+    int incr = sx_encode_identify(L, arg, arg, c->api, &c->body);
+    return send_request(L, c, sx_build_url(L, c, "identify", NULL, 0), !incr);
+}
+
+int sx_do_track(lua_State *L, sx_client *c, int arg)
+{
+    size_t elen;
+    const char *email = sx_check_email(L, arg, arg, &elen);
+    sx_encode_track(L, arg + 1, arg + 1, c->api == SX_API_REST ? email : NULL, elen, &c->body);
+    return send_request(L, c, sx_build_url(L, c, "track", email, elen), 1);
+}

@@ -1,0 +1,317 @@
+/*
+ * client_async.c - asynchronous delivery, the Lua side of src/async.c:
+ * starting the client's worker, queueing identify_async/track_async calls,
+ * running their callbacks in poll/flush/close, stats and the readiness fd.
+ * Lua is only ever entered here, on the caller's thread.
+ */
+#include "client.h"
+#include "results.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Jobs not handed back are freed with their callbacks. */
+void sx_drop_async(lua_State *L, sx_client *c)
+{
+    sx_async *a = c->async;
+    sx_job *j;
+    if (a == NULL)
+        return;
+    c->async = NULL;
+    if (sx_async_pid(a) != getpid()) {
+        sx_async_abandon(a);
+        return;
+    }
+    sx_async_stop(a);
+    while ((j = sx_async_take(a)) != NULL) {
+        luaL_unref(L, LUA_REGISTRYINDEX, j->ref);
+        sx_job_free(j);
+    }
+    sx_async_free(a);
+}
+
+/* The client's worker, started on first use; in a forked child the parent's
+ * is let go and a fresh one started (see sx_drop_async). */
+static sx_async *ensure_async(lua_State *L, sx_client *c)
+{
+    if (c->async != NULL && sx_async_pid(c->async) != getpid())
+        sx_drop_async(L, c);
+    if (c->async == NULL) {
+        if (sx_conn_after_fork(&c->conn) != 0 ||
+            (c->async = sx_async_new(c->conn.curl, &c->aopts)) == NULL)
+            luaL_error(L, "sendx: the background worker could not be started");
+    }
+    return c->async;
+}
+
+/* ---------------------------------------------------------------------------
+ * Queueing
+ * ------------------------------------------------------------------------ */
+
+/* Queues the request built in c->url and c->body, with the callback at cb
+ * (nil or none: no callback). Pushes true, or nil, "queue full" (or "too
+ * large for max_queue_bytes"). [-0, +1|2] */
+static int submit(lua_State *L, sx_client *c, int cb, int idempotent)
+{
+    sx_async *a = ensure_async(L, c);
+    int ref = LUA_NOREF, rc;
+    sx_job *j;
+    if (!lua_isnoneornil(L, cb)) {
+        lua_pushvalue(L, cb);
+        ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    if ((j = sx_job_new(c->url.data, c->body.data, c->body.len, idempotent)) == NULL) {
+        luaL_unref(L, LUA_REGISTRYINDEX, ref);
+        return MEMERR(L);
+    }
+    j->ref = ref;
+    j->keep = ref != LUA_NOREF; /* else nobody reads its results: only counted */
+    if ((rc = sx_async_submit(a, j)) != 0) {
+        luaL_unref(L, LUA_REGISTRYINDEX, ref);
+        sx_job_free(j);
+        lua_pushnil(L);
+        lua_pushstring(L, rc == SX_SUBMIT_TOO_LARGE ? SX_MSG_TOO_LARGE_FOR_QUEUE : SX_MSG_QUEUE_FULL);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static void check_callback(lua_State *L, int idx)
+{
+    if (!lua_isnoneornil(L, idx) && !lua_isfunction(L, idx))
+        sx_argerror(L, idx, "callback: expected function, got %s", luaL_typename(L, idx));
+}
+
+int sx_do_identify_async(lua_State *L, sx_client *c, int arg)
+{
+    int incr;
+    check_callback(L, arg + 1);
+    incr = sx_encode_identify(L, arg, arg, c->api, &c->body);
+    sx_build_url(L, c, "identify", NULL, 0);
+    return submit(L, c, arg + 1, !incr);
+}
+
+int sx_do_track_async(lua_State *L, sx_client *c, int arg)
+{
+    size_t elen;
+    const char *email = sx_check_email(L, arg, arg, &elen);
+    check_callback(L, arg + 2);
+    sx_encode_track(L, arg + 1, arg + 1, c->api == SX_API_REST ? email : NULL, elen, &c->body);
+    sx_build_url(L, c, "track", email, elen);
+    return submit(L, c, arg + 2, 1);
+}
+
+/* ---------------------------------------------------------------------------
+ * Callbacks
+ * ------------------------------------------------------------------------ */
+
+/* A callback raised the error on top: on_error gets it, else it goes to the
+ * table at errs (or to stderr when errs is 0). [-1, +0] */
+static void report_error(lua_State *L, sx_client *c, int errs)
+{
+    if (c->on_error_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, c->on_error_ref);
+        lua_insert(L, -2);
+        if (lua_pcall(L, 1, 0, 0) == 0)
+            return;
+    }
+    if (errs != 0) {
+        lua_rawseti(L, errs, (int)lua_rawlen(L, errs) + 1);
+    } else {
+        fprintf(stderr, "sendx: callback error: %s\n",
+                lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
+        lua_pop(L, 1);
+    }
+}
+
+static void unlink_limbo(sx_client *c, sx_job *j)
+{
+    sx_job **p;
+    for (p = &c->limbo; *p != NULL; p = &(*p)->next)
+        if (*p == j) {
+            *p = j->next;
+            return;
+        }
+}
+
+/* Pushes the callback and the raw body of j, and frees j. j sits in
+ * c->limbo meanwhile, so that close frees it if a Lua error escapes.
+ * [-0, +2] */
+static void push_job(lua_State *L, sx_client *c, sx_job *j)
+{
+    int ref = j->ref;
+    j->next = c->limbo;
+    c->limbo = j;
+    c->running++;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref); /* nil for LUA_NOREF */
+    if (j->response != NULL)
+        lua_pushlstring(L, j->response, j->response_len);
+    else
+        lua_pushnil(L);
+    c->running--;
+    unlink_limbo(c, j);
+    sx_job_free(j); /* before sx_push_result: its allocations may run finalizers */
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+}
+
+/* Runs the callbacks of completed calls, one job at a time (a callback may
+ * poll, queue or close). Returns how many calls completed. [-0, +0] */
+static int run_done(lua_State *L, sx_client *c, int errs)
+{
+    int n = 0;
+    sx_job *j;
+    while (c->async != NULL && sx_async_pid(c->async) == getpid() &&
+           (j = sx_async_take(c->async)) != NULL) {
+        int base = lua_gettop(L), nres, running;
+        sx_result r = j->r; /* copied: a finalizer run by the pushes may close c */
+        char message[CURL_ERROR_SIZE];
+        if (r.message != NULL) {
+            snprintf(message, sizeof message, "%s", r.message);
+            r.message = message;
+        }
+        /* no finalizer runs until the results are built: one that raises
+         * (Lua 5.1-5.3 raise at the allocation) must not lose the call */
+        running = sx_gc_running(L);
+        lua_gc(L, LUA_GCSTOP, 0);
+        push_job(L, c, j); /* callback, body */
+        nres = sx_push_result(L, base + 2, &r);
+        if (running)
+            lua_gc(L, LUA_GCRESTART, 0);
+        lua_pushvalue(L, base + 1);
+        lua_insert(L, -(nres + 1)); /* callback, results */
+        n++;
+        if (!lua_isnil(L, base + 1) && lua_pcall(L, nres, 0, 0) != 0)
+            report_error(L, c, errs);
+        lua_settop(L, base);
+    }
+    return n;
+}
+
+/* ---------------------------------------------------------------------------
+ * poll, flush, close
+ * ------------------------------------------------------------------------ */
+
+/* Pushes true, or nil, "timeout"; then the table at errs when not empty.
+ * [-0, +1..3] */
+static int flush_client(lua_State *L, sx_client *c, double timeout, int errs)
+{
+    double deadline = timeout >= 0 ? now_seconds() + timeout : 0;
+    int nret;
+    if (c->async != NULL && sx_async_pid(c->async) != getpid())
+        sx_drop_async(L, c); /* a forked child: the parent's calls are the parent's to send */
+    for (;;) {
+        double left = deadline - now_seconds();
+        run_done(L, c, errs);
+        if (c->async == NULL || sx_async_outstanding(c->async) == 0) {
+            lua_pushboolean(L, 1);
+            nret = 1;
+            break;
+        }
+        if (timeout >= 0 && left <= 0) {
+            lua_pushnil(L);
+            lua_pushliteral(L, "timeout");
+            nret = 2;
+            break;
+        }
+        sx_async_wait(c->async, timeout >= 0 && left < 1.0 ? (long)(left * 1000) + 1 : 1000);
+    }
+    if (errs != 0 && lua_rawlen(L, errs) > 0) {
+        if (nret == 1)
+            lua_pushnil(L); /* keeps the errors in third place */
+        lua_pushvalue(L, errs);
+        return 3;
+    }
+    return nret;
+}
+
+int sx_flush_call(lua_State *L, sx_client *c, double timeout)
+{
+    int errs, n;
+    lua_newtable(L);
+    errs = lua_gettop(L);
+    n = flush_client(L, c, timeout, errs);
+    lua_remove(L, errs);
+    return n;
+}
+
+int sx_close_client(lua_State *L, sx_client *c, double timeout, int quiet)
+{
+    int errs = 0, nret = 0, top = lua_gettop(L);
+    if (!quiet) {
+        lua_newtable(L);
+        errs = lua_gettop(L);
+    }
+    if (c->async != NULL) {
+        nret = flush_client(L, c, timeout, errs);
+        if (c->async != NULL) { /* a callback may have closed the client */
+            sx_async_stop(c->async);
+            run_done(L, c, errs);
+        }
+    }
+    sx_client_release(L, c);
+    if (quiet) {
+        lua_settop(L, top); /* callers such as sx_set_default keep using the stack */
+        return 0;
+    }
+    if (nret == 0) { /* nothing was queued */
+        lua_pushboolean(L, 1);
+        nret = 1;
+    }
+    lua_remove(L, errs);
+    return nret;
+}
+
+int sx_poll_client(lua_State *L, sx_client *c)
+{
+    int errs, n;
+    lua_newtable(L);
+    errs = lua_gettop(L);
+    n = c->async != NULL && sx_async_pid(c->async) == getpid() ? run_done(L, c, errs) : 0;
+    lua_pushinteger(L, n);
+    if (lua_rawlen(L, errs) == 0) {
+        lua_remove(L, errs);
+        return 1;
+    }
+    lua_insert(L, errs); /* count, errors */
+    return 2;
+}
+
+/* ---------------------------------------------------------------------------
+ * stats, fd
+ * ------------------------------------------------------------------------ */
+
+void sx_push_stats(lua_State *L, sx_client *c)
+{
+    sx_stats st;
+    memset(&st, 0, sizeof st);
+    if (c->async != NULL && sx_async_pid(c->async) == getpid())
+        sx_async_stats(c->async, &st);
+    lua_createtable(L, 0, 6);
+    lua_pushinteger(L, st.queued);
+    lua_setfield(L, -2, "queued");
+    lua_pushinteger(L, st.in_flight);
+    lua_setfield(L, -2, "in_flight");
+    lua_pushinteger(L, st.sent);
+    lua_setfield(L, -2, "sent");
+    lua_pushinteger(L, st.failed);
+    lua_setfield(L, -2, "failed");
+    lua_pushinteger(L, st.retried);
+    lua_setfield(L, -2, "retried");
+    lua_pushinteger(L, st.dropped);
+    lua_setfield(L, -2, "dropped");
+}
+
+int sx_client_fd(lua_State *L, sx_client *c)
+{
+    return sx_async_fd(ensure_async(L, c));
+}
