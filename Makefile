@@ -1,15 +1,20 @@
 # sendx - SendX contact API client for Lua, in C over libcurl.
 #
 #   make                 build build/lua$(LUA_VERSION)/sendx.so (LUA_VERSION: 5.1 5.2 5.3 5.4 jit)
-#   make test            install what is missing, then build with -Werror and run the busted
-#                        suite for every Lua version (OpenResty and embedding specs included),
-#                        embed-tsan, check, test-asan and a bounded fuzz run: what CI runs
-#   make test-one        the busted suite for LUA_VERSION only
+#   make test            the fast loop (about a minute): install what is missing, build with
+#                        -Werror, run the busted suite on Lua 5.4 and the OpenResty specs on
+#                        LuaJIT, leaving out the specs tagged #slow
+#   make ci              the full pipeline, what CI runs (.ci/run): test-all (#slow specs
+#                        included), embed-tsan, check, test-asan and a bounded fuzz run
+#   make test-one        the busted suite for LUA_VERSION only (BUSTED_ARGS: spec files, or
+#                        --exclude-tags=slow, --filter=...; BUILD: another build directory)
+#   make test-all        test-one for every Lua version in LUA_VERSIONS
 #   make demo            install what is missing, start the mock server, run examples/quickstart.lua
 #   make embed-tsan      build examples/embed under ThreadSanitizer and run it against the mock
 #   make bench           benchmarks against the limit and the peers (bench/RESULTS.md)
 #   make test-asan       the Lua 5.4 suite under ASan + UBSan, once with aggressive GC
-#   make test-valgrind   specs 10, 20, 30 and 70 under valgrind memcheck
+#   make test-valgrind   the encoder, options, client, transport, retries, TLS, resources and
+#                        async specs under valgrind memcheck
 #   make check           cppcheck, clang-tidy, warning-free gcc and clang builds
 #   make fuzz            libFuzzer: the encoder and the response path, FUZZ_SECONDS each
 #   make install         install sendx.so and sendx/resty.lua under $(DESTDIR)$(PREFIX)
@@ -41,15 +46,15 @@ CURL_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags libcurl 2>/dev/null)
 CURL_LIBS   ?= $(shell $(PKG_CONFIG) --libs libcurl 2>/dev/null || echo -lcurl)
 DEFINES      = -std=c99 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE
 
-SOURCES = src/sendx.c src/encode.c src/transport.c src/policy.c src/async.c src/buffer.c src/compat.c
-HEADERS = src/compat.h src/encode.h src/transport.h src/policy.h src/async.h src/buffer.h
+SOURCES = src/sendx.c src/options.c src/client.c src/client_async.c src/results.c src/bridge.c src/argcheck.c src/encode.c src/transport.c src/policy.c src/async.c src/buffer.c src/compat.c
+HEADERS = src/compat.h src/argcheck.h src/options.h src/client.h src/results.h src/encode.h src/transport.h src/policy.h src/async.h src/buffer.h
 LUA_MODULES = src/sendx/resty.lua src/sendx/http.lua
 BUILD   = build/lua$(LUA_VERSION)
 MODULE  = $(BUILD)/sendx.so
 
 BUSTED_ARGS ?=
 
-.PHONY: all check fuzz test-valgrind test test-one test-all test-asan demo embed embed-tsan bench install uninstall clean
+.PHONY: all check fuzz test-valgrind test ci test-one test-all test-asan demo embed embed-tsan bench install uninstall clean
 
 all: $(MODULE)
 
@@ -59,17 +64,33 @@ $(MODULE): $(SOURCES) $(HEADERS) Makefile
 	  $(CFLAGS) $(WARNINGS) $(WERROR) -I$(LUA_INCDIR) $(CURL_CFLAGS) \
 	  -o $@ $(SOURCES) $(CURL_LIBS) -lpthread
 
-# What CI runs: every Lua version, the threaded host under TSan, the static
-# checks, the suite under ASan + UBSan (twice), and the fuzzers for a while.
-CI_FUZZ_SECONDS ?= 30
+# The fast loop: the whole suite on Lua 5.4, then the specs that only run on
+# LuaJIT (FAST_JIT_SPECS: OpenResty's), without the specs tagged #slow (those
+# that sleep for long: they run in `make ci`). Both runs go on when one fails;
+# each ends with its "LUA: N passed, N failed, N skipped" line.
+FAST_EXCLUDE ?= --exclude-tags=slow
+FAST_JIT_SPECS ?= spec/50-openresty_spec.lua spec/75-parity_spec.lua
 test:
+	@.ci/install-deps fast
+	@failed=; \
+	$(MAKE) --no-print-directory test-one LUA_VERSION=5.4 BUSTED_ARGS="$(FAST_EXCLUDE) $(BUSTED_ARGS)" \
+	  || failed="$$failed lua5.4"; \
+	$(MAKE) --no-print-directory test-one LUA_VERSION=jit BUSTED_ARGS="$(FAST_EXCLUDE) $(FAST_JIT_SPECS)" \
+	  || failed="$$failed luajit"; \
+	if [ -n "$$failed" ]; then echo "sendx: make test failed on:$$failed"; exit 1; fi
+
+# What CI runs: every Lua version (#slow specs included), the threaded host
+# under TSan, the static checks, the suite under ASan + UBSan (twice), and the
+# fuzzers for a while.
+CI_FUZZ_SECONDS ?= 30
+ci:
 	@.ci/install-deps test
 	@$(MAKE) --no-print-directory test-all
 	@$(MAKE) --no-print-directory embed-tsan LUA_VERSION=5.4
 	@$(MAKE) --no-print-directory check LUA_VERSION=5.4
 	@$(MAKE) --no-print-directory test-asan
 	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(CI_FUZZ_SECONDS)
-	@echo "sendx: make test passed"
+	@echo "sendx: make ci passed"
 
 # Every version runs even when one fails; the exit status says whether all passed.
 test-all:
@@ -86,7 +107,7 @@ test-one:
 demo:
 	@.ci/install-deps demo
 	@$(MAKE) --no-print-directory $(MODULE)
-	@LUA_CPATH="$(BUILD)/?.so;;" LUA_PATH="src/?.lua;;" $(LUA) spec/support/with_mock.lua \
+	@LUA_CPATH="$(BUILD)/?.so;;" LUA_PATH="src/?.lua;;" $(LUA) tools/mock/with_mock.lua \
 	  $(LUA) examples/quickstart.lua
 
 # A C host that embeds Lua 5.4 and links the module in (see examples/embed).
@@ -103,7 +124,7 @@ embed: build/embed/host
 embed-tsan:
 	@.ci/install-deps test
 	@$(MAKE) --no-print-directory -B build/embed/host-tsan EMBED_FLAGS="-O1 -g -fsanitize=thread" WERROR=-Werror
-	@TSAN_OPTIONS="halt_on_error=1 exitcode=66" $(LUA) spec/support/with_mock.lua build/embed/host-tsan 4 25
+	@TSAN_OPTIONS="halt_on_error=1 exitcode=66" $(LUA) tools/mock/with_mock.lua build/embed/host-tsan 4 25
 	@echo "sendx: embed-tsan: no data race in 4 threads"
 
 # The Lua 5.4 suite with the module and the interpreter under AddressSanitizer
@@ -127,9 +148,12 @@ test-asan:
 	@$(SAN_ENV) .ci/busted build/asan/lua build/asan $(BUSTED_ARGS)
 	@$(SAN_ENV) SENDX_TEST_GC=aggressive .ci/busted build/asan/lua build/asan $(BUSTED_ARGS)
 
-# A representative part of the suite (encoder, client, transport, async) under
-# valgrind's memcheck: no errors, no definite leaks (children are not traced).
-VALGRIND_SPECS ?= spec/10-encode_spec.lua spec/20-client_spec.lua spec/30-transport_spec.lua spec/70-async_spec.lua
+# A representative part of the suite (encoder, options, client, transport and
+# its retries, TLS and resources, async) under valgrind's memcheck: no errors,
+# no definite leaks (children are not traced).
+VALGRIND_SPECS ?= spec/10-encode_spec.lua spec/15-options_spec.lua spec/20-client_spec.lua \
+  spec/30-transport_spec.lua spec/35-retries_spec.lua spec/40-tls_proxy_spec.lua \
+  spec/45-resources_spec.lua spec/70-async_spec.lua
 test-valgrind:
 	@.ci/install-deps test
 	@$(MAKE) --no-print-directory -B build/lua5.4/sendx.so LUA_VERSION=5.4 WERROR=-Werror
@@ -163,6 +187,7 @@ check:
 	  -I$(LUA_INCDIR) -DLLONG_MAX=9223372036854775807LL -D__GNUC__ src/ examples/embed/host.c bench/limit.c
 	clang-tidy --quiet -checks='$(TIDY_CHECKS)' --warnings-as-errors='*' src/*.c -- \
 	  $(DEFINES) -I$(LUA_INCDIR) $(CURL_CFLAGS)
+	@! grep -nE '#include [<"](lua|lauxlib|lualib|compat)\.h' src/transport.[ch] src/async.[ch] src/buffer.[ch] src/policy.[ch] || { echo "sendx: check: the C core (transport, async, buffer, policy) must not include a Lua header"; exit 1; }
 	@$(MAKE) --no-print-directory -B build/check-gcc/sendx.so BUILD=build/check-gcc CC=gcc WERROR=-Werror
 	@$(MAKE) --no-print-directory -B build/check-clang/sendx.so BUILD=build/check-clang CC=clang WERROR=-Werror
 	@echo "sendx: check: cppcheck and clang-tidy clean, gcc and clang builds warning-free"

@@ -3,7 +3,7 @@
 -- sent by the client's background thread; their callbacks run in poll(),
 -- once per tick, on this thread.
 --
---   lua5.4 spec/support/with_mock.lua lua5.4 examples/game_loop.lua   -- against the mock
+--   lua5.4 tools/mock/with_mock.lua lua5.4 examples/game_loop.lua   -- against the mock
 --   SENDX_API_KEY=... SENDX_TEAM_ID=... lua5.4 examples/game_loop.lua [SECONDS]
 --
 -- Prints, at the end, how much of each 16.7 ms tick the sendx calls took.

@@ -1,8 +1,8 @@
--- Tests of the SendX mock itself (spec/support/mock.lua + spec/support/mock/),
+-- Tests of the SendX mock itself (tools/mock/),
 -- with plain luasocket requests, so the C module's specs can trust it.
 -- Run from the repository root: lua5.4 /usr/bin/busted spec/00-mock_spec.lua
 
-local mock = require "spec.support.mock"
+local mock = require "tools.mock"
 local socket = require "socket"
 local http = require "socket.http"
 local ltn12 = require "ltn12"
@@ -173,7 +173,10 @@ describe("mock lifecycle", function()
   end)
 
   it("is stopped when a script forgets to stop it", function()
-    local out, rc = run((os.getenv("SENDX_TEST_LUA") or "lua5.4") .. " -e 'local m = require(\"spec.support.mock\").start() print(m.pid, m.prefix)'")
+    -- ./?/init.lua: Lua 5.1's default path lacks it
+    local script = 'package.path = "./?/init.lua;" .. package.path '
+      .. 'local m = require("tools.mock").start() print(m.pid, m.prefix)'
+    local out, rc = run((os.getenv("SENDX_TEST_LUA") or "lua5.4") .. " -e '" .. script .. "'")
     assert.equal(0, rc, out)
     local pid, prefix = out:match("^(%d+)%s+(%S+)")
     assert.truthy(pid, out)

@@ -1,7 +1,7 @@
 -- The module inside nginx (OpenResty's Lua module on LuaJIT): the same calls
 -- over cosockets, without blocking the worker. Runs in the LuaJIT pass of the
 -- suite (make test-one LUA_VERSION=jit), which builds the module nginx loads.
-local mock = require "spec.support.mock"
+local mock = require "tools.mock"
 local openresty = require "spec.support.openresty"
 local helpers = require "spec.helpers"
 

@@ -2,7 +2,6 @@
 -- four threads, each with its own lua_State, call the module at once.
 -- Runs in the Lua 5.4 pass; `make embed-tsan` runs the same host under
 -- ThreadSanitizer.
-local mock = require "spec.support.mock"
 local helpers = require "spec.helpers"
 
 if (os.getenv("SENDX_TEST_LUA_VERSION") or "5.4") ~= "5.4" then
@@ -13,15 +12,7 @@ if (os.getenv("SENDX_TEST_LUA_VERSION") or "5.4") ~= "5.4" then
 end
 
 describe("embedding in a threaded C host", function()
-  local m
-
-  lazy_setup(function()
-    m = mock.start { tls = false }
-  end)
-
-  lazy_teardown(function()
-    m:stop()
-  end)
+  local m = helpers.with_mock { tls = false, reset = false }
 
   it("builds warning-free and serves four threads with a lua_State each", function()
     local rc, out = helpers.run("make -s -B build/embed/host WERROR=-Werror")

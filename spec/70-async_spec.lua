@@ -1,7 +1,7 @@
 -- Asynchronous delivery: identify_async/track_async, poll, flush, stats, fd,
 -- close, fork, against the mock.
 local sendx = require "sendx"
-local mock = require "spec.support.mock"
+local mock = require "tools.mock"
 local helpers = require "spec.helpers"
 local socket = require "socket"
 
@@ -18,19 +18,14 @@ local function readable(fd, timeout)
 end
 
 describe("async", function()
-  local m, client
-
-  lazy_setup(function()
-    m = mock.start { tls = false }
-  end)
+  local m = helpers.with_mock { tls = false }
+  local client
 
   lazy_teardown(function()
     if client then client:close(0) end
-    m:stop()
   end)
 
   before_each(function()
-    m:reset()
     if client then client:close(0) end
     client = nil
   end)
@@ -142,10 +137,8 @@ describe("async", function()
     local res, err, info
     c:identify_async({ email = "f@example.com" }, function(...) res, err, info = ... end)
     assert.is_true(c:flush(10))
-    assert.is_nil(res)
-    assert.equal("sendx: HTTP 422: bad email", err)
-    assert.equal("http", info.kind)
-    assert.equal(422, info.status)
+    helpers.assert_failure(res, err, info, { message_is = "sendx: HTTP 422: bad email", kind = "http",
+                                             status = 422 })
   end)
 
   it("flush gives up at its timeout, and completes later", function()
@@ -201,7 +194,7 @@ describe("async", function()
     local fd = c:fd()
     assert.is_number(fd)
     assert.is_false(readable(fd, 0))
-    c:identify_async { email = "fd@example.com" }
+    c:identify_async({ email = "fd@example.com" }, function() end)
     assert.is_true(readable(fd, 5))
     assert.equal(1, c:poll())
     assert.is_false(readable(fd, 0))

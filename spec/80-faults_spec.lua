@@ -2,7 +2,6 @@
 -- restarted. Every call ends in a result or a proper nil, message, info;
 -- nothing crashes or hangs; calls succeed again once the server is back.
 local sendx = require "sendx"
-local mock = require "spec.support.mock"
 local helpers = require "spec.helpers"
 local socket = require "socket"
 
@@ -16,15 +15,7 @@ local function check_failure(res, err, info)
 end
 
 describe("faults under load", function()
-  local m
-
-  lazy_setup(function()
-    m = mock.start { tls = false }
-  end)
-
-  lazy_teardown(function()
-    m:stop()
-  end)
+  local m = helpers.with_mock { tls = false, reset = false }
 
   it("sync calls in another process ride through two kills and restarts", function()
     m:reset()

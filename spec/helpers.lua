@@ -134,4 +134,124 @@ function helpers.run_script(script, env)
   return helpers.spawn_script(script, env)()
 end
 
+-- A table standing for the object current() returns at the time of use:
+-- fields are read from that object and methods called on it (as methods, so
+-- that argument errors read as they would: "bad argument #1 to 'identify'").
+-- Lets a spec name an object that its lazy_setup or before_each creates.
+local function stand_in(current)
+  local proxy, methods = {}, {}
+  local load_string = loadstring or load -- luacheck: ignore (5.1)
+  local function method(key)
+    if not methods[key] then
+      assert(type(key) == "string" and key:match("^[%a_][%w_]*$"), "sendx specs: no method " .. tostring(key))
+      methods[key] = assert(load_string(string.format([[
+        local current, proxy = ...
+        return function(self, ...)
+          if self ~= proxy then return current().%s(self, ...) end
+          return current():%s(...)
+        end]], key, key)))(current, proxy)
+    end
+    return methods[key]
+  end
+  return setmetatable(proxy, {
+    __index = function(_, key)
+      local v = current()[key]
+      if type(v) == "function" then return method(key) end
+      return v
+    end,
+    __tostring = function() return tostring(current()) end,
+  })
+end
+
+-- A running mock for the enclosing describe block: call it in a describe's
+-- body. The mock starts before the block's first test (lazy_setup: not at
+-- all when its tests are filtered out) and stops after its last one; with
+-- opts.reset (default true) each test starts from an empty mock (m:reset()
+-- in before_each). Other opts go to mock.start ({ tls = false }...).
+-- Returns a stand-in: m.url, m:requests()... are the started mock's.
+function helpers.with_mock(opts)
+  local busted, mock = require "busted", require "tools.mock"
+  local start_opts, m = {}, nil
+  for k, v in pairs(opts or {}) do
+    if k ~= "reset" then start_opts[k] = v end
+  end
+  busted.lazy_setup(function() m = mock.start(start_opts) end)
+  busted.lazy_teardown(function()
+    if m then m:stop() end
+    m = nil
+  end)
+  if not (opts and opts.reset == false) then
+    busted.before_each(function() m:reset() end)
+  end
+  return stand_in(function()
+    return m or error("sendx specs: the mock is used outside the tests of its describe block", 3)
+  end)
+end
+
+-- A fresh client of the mock m for every test of the enclosing describe block
+-- (helpers.client(sendx, m, over) in before_each, after with_mock's reset),
+-- closed after the block. Returns a stand-in for the current client.
+function helpers.with_client(sendx, m, over)
+  local busted = require "busted"
+  local c
+  busted.before_each(function()
+    if c then c:close() end
+    c = helpers.client(sendx, m, over)
+  end)
+  busted.lazy_teardown(function()
+    if c then c:close() end
+    c = nil
+  end)
+  return stand_in(function()
+    return c or error("sendx specs: the client is used outside the tests of its describe block", 3)
+  end)
+end
+
+-- Checks an operational failure, the `nil, message, info` of a call, in one go.
+-- expected: message = a plain substring of the message, or a list of them;
+-- message_is = the whole message; absent = a list of info fields that must be
+-- nil; every other key (kind, status, retryable, attempts, body...) must equal
+-- the field of info with that name. expected.what names the case in failures.
+function helpers.assert_failure(res, msg, info, expected)
+  local busted_assert = require("busted").assert
+  local what = expected.what and (" (" .. tostring(expected.what) .. ")") or ""
+  busted_assert.is_nil(res, "expected a failure" .. what)
+  busted_assert.is_table(info, "info" .. what .. ": " .. tostring(msg))
+  if expected.message_is ~= nil then busted_assert.equal(expected.message_is, msg) end
+  local subs = expected.message
+  if type(subs) == "string" then subs = { subs } end
+  for _, sub in ipairs(subs or {}) do busted_assert.matches(sub, msg, 1, true) end
+  for _, key in ipairs(expected.absent or {}) do
+    busted_assert.is_nil(info[key], "info." .. key .. what)
+  end
+  local keys = {}
+  for key in pairs(expected) do
+    if key ~= "what" and key ~= "message" and key ~= "message_is" and key ~= "absent" then
+      keys[#keys + 1] = key
+    end
+  end
+  table.sort(keys) -- a stable order of reports
+  for _, key in ipairs(keys) do
+    busted_assert.equal(expected[key], info[key], "info." .. key .. what .. ": " .. tostring(msg))
+  end
+end
+
+-- Every string in a failure's message and info, for secrecy checks.
+function helpers.strings_of(msg, info)
+  local out = { msg }
+  for _, v in pairs(info) do
+    if type(v) == "string" then out[#out + 1] = v end
+  end
+  return table.concat(out, "\n")
+end
+
+-- A loopback port nothing listens on (bound, then closed).
+function helpers.closed_port()
+  local socket = require "socket"
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return port
+end
+
 return helpers

@@ -7,7 +7,7 @@
  * package.preload. Credentials and the base URL come from SENDX_API_KEY,
  * SENDX_TEAM_ID and SENDX_BASE_URL, as for any script:
  *
- *   make embed && lua5.4 spec/support/with_mock.lua build/embed/host [THREADS [CALLS]]
+ *   make embed && lua5.4 tools/mock/with_mock.lua build/embed/host [THREADS [CALLS]]
  *
  * Prints one line per thread and exits with 0 when every call succeeded.
  */

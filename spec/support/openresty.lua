@@ -8,7 +8,7 @@
 --
 -- The module comes from build/luajit (make LUA_VERSION=jit), its Lua part
 -- from src/; cosockets trust the mock's CA through lua_ssl_trusted_certificate.
-local mock = require "spec.support.mock"
+local mock = require "tools.mock"
 local http = require "socket.http"
 local ltn12 = require "ltn12"
 local cjson = require "cjson"

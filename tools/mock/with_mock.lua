@@ -1,6 +1,6 @@
 -- Runs a command against a fresh SendX mock:
 --
---   lua5.4 spec/support/with_mock.lua CMD [ARGS...]
+--   lua5.4 tools/mock/with_mock.lua CMD [ARGS...]
 --
 -- The command sees SENDX_BASE_URL (legacy API, plain http), SENDX_API_KEY and
 -- SENDX_TEAM_ID, plus SENDX_MOCK_REST_URL, SENDX_MOCK_TLS_URL,
@@ -8,14 +8,14 @@
 -- The mock is stopped whatever happens, and the command's exit status is ours.
 
 -- Find the repository root from this file's path, so it works from any cwd.
-local script = arg and arg[0] or "spec/support/with_mock.lua"
-local root = script:match("^(.*)/spec/support/[^/]*$") or "."
-package.path = root .. "/?.lua;" .. package.path
+local script = arg and arg[0] or "tools/mock/with_mock.lua"
+local root = script:match("^(.*)/tools/mock/[^/]*$") or "."
+package.path = root .. "/?.lua;" .. root .. "/?/init.lua;" .. package.path
 
-local mock = require "spec.support.mock"
+local mock = require "tools.mock"
 
 if not arg[1] then
-  io.stderr:write("usage: lua5.4 spec/support/with_mock.lua CMD [ARGS...]\n")
+  io.stderr:write("usage: lua5.4 tools/mock/with_mock.lua CMD [ARGS...]\n")
   os.exit(2)
 end
 

@@ -6,7 +6,7 @@
 -- every request it received. All state lives in the shared dict `sendx_mock`,
 -- so it survives across requests but not across an nginx restart.
 --
--- Control endpoints (plain JSON, not logged, no auth), used by spec/support/mock.lua:
+-- Control endpoints (plain JSON, not logged, no auth), used by tools/mock/init.lua:
 --   GET  /_mock/ping                    -> {"ok":true,"instance":prefix}
 --   POST /_mock/reset                   -> forget contacts, request log, faults
 --   POST /_mock/fault    {fault spec}   -> queue a fault

@@ -6,7 +6,7 @@ local run = require("spec.helpers").run
 
 describe("examples/quickstart.lua", function()
   it("identifies, tracks and prints the responses", function()
-    local rc, out = run(string.format("LUA_CPATH='%s/?.so;;' %s spec/support/with_mock.lua %s examples/quickstart.lua",
+    local rc, out = run(string.format("LUA_CPATH='%s/?.so;;' %s tools/mock/with_mock.lua %s examples/quickstart.lua",
       build, lua, lua))
     assert.equal(0, rc, out)
     assert.matches("identify ->", out, 1, true)
@@ -25,7 +25,7 @@ end)
 
 describe("examples/game_loop.lua", function()
   it("queues calls from a 60 Hz loop, polls each tick and keeps its budget", function()
-    local rc, out = run(string.format("LUA_CPATH='%s/?.so;;' %s spec/support/with_mock.lua %s examples/game_loop.lua 1",
+    local rc, out = run(string.format("LUA_CPATH='%s/?.so;;' %s tools/mock/with_mock.lua %s examples/game_loop.lua 1",
       build, lua, lua))
     assert.equal(0, rc, out)
     local worst, budget = out:match("worst ([%d.]+) ms %(budget ([%d.]+) ms%)")

@@ -1,7 +1,8 @@
 -- A local stand-in for the SendX API: starts a private nginx running
--- spec/support/mock/server.lua and talks to its /_mock/ control endpoints.
+-- tools/mock/server.lua and talks to its /_mock/ control endpoints.
+-- (tools/mock/README.md; tools/mock/with_mock.lua runs a command against one.)
 --
---   local mock = require "spec.support.mock"
+--   local mock = require "tools.mock"   -- package.path needs "./?/init.lua"
 --   local m = mock.start()          -- or mock.start{ tls = false }
 --   ... point the client at m.url / m.rest_url / m.tls_url (CA: m.ca_file) ...
 --   m:fault{ status = 503, retry_after = "2" }
@@ -72,7 +73,7 @@ end
 
 -- Directory of this file as an absolute path: nginx needs absolute paths, and
 -- require may have found us through a relative package.path entry.
-local function support_dir()
+local function mock_dir()
   local src = debug.getinfo(1, "S").source:gsub("^@", "")
   local dir = src:match("^(.*)/[^/]*$") or "."
   if dir:sub(1, 1) ~= "/" then dir = capture("pwd") .. "/" .. dir end
@@ -82,8 +83,8 @@ end
 -- Debian installs nginx in /usr/sbin, which a normal user's PATH lacks.
 local NGINX = io.open("/usr/sbin/nginx") and "/usr/sbin/nginx" or "nginx"
 
-local SUPPORT_DIR = support_dir()
-local LUA_DIR = SUPPORT_DIR .. "/mock"
+-- The nginx side (server.lua, strict_json.lua, nginx.conf.in) lives beside this file.
+local LUA_DIR = mock_dir()
 
 local function wait_until(pred, timeout)
   local deadline = socket.gettime() + timeout
@@ -264,7 +265,7 @@ end
 
 -- opts.tls (default true); opts.template and opts.vars run another nginx
 -- configuration with the same process handling (it must answer GET
--- /_mock/ping with {"instance": "@PREFIX@"}; spec/support/openresty does).
+-- /_mock/ping with {"instance": "@PREFIX@"}; spec/support/openresty and bench/ do).
 function M.start(opts)
   opts = opts or {}
   local self = setmetatable({ tls = opts.tls ~= false, api_key = M.API_KEY, team_id = M.TEAM_ID,
