@@ -26,11 +26,11 @@ end
 
 -- m: the running mock (for its CA); dns_port: a spec/support/dns_stub.lua,
 -- the resolver of /run_resolved.
-function M.start(m, dns_port)
+function M.start(m, dns_port, template)
   local root = capture("pwd")
   local server = mock.start {
     tls = false,
-    template = root .. "/spec/support/openresty/nginx.conf.in",
+    template = template or (root .. "/spec/support/openresty/nginx.conf.in"),
     vars = { ROOT = root, BUILD = root .. "/build/luajit", CA_FILE = m.ca_file, DNS_PORT = dns_port },
   }
   return setmetatable({ server = server, url = "http://127.0.0.1:" .. server.port }, App)
