@@ -2,11 +2,15 @@
 -- contender in turn (each in its own process) for several rounds, prints a
 -- table of medians with ratios and the bars, and writes bench/RESULTS.md.
 --
---   lua5.4 bench/run.lua [ROUNDS]
-package.path = "./?.lua;" .. package.path
-local mock = require "spec.support.mock"
+--   lua5.4 bench/run.lua [ROUNDS [PAIRS]]
+--
+-- PAIRS (or $BENCH_PAIRS; 12): A/B pairs of the OpenResty row (bench/wrk.lua:
+-- sendx inside one nginx worker against a hand-written cosocket client).
+package.path = "./?.lua;./?/init.lua;" .. package.path
+local mock = require "tools.mock"
 
 local ROUNDS = tonumber(arg[1]) or 5
+local PAIRS = tonumber(arg[2] or os.getenv("BENCH_PAIRS") or "") or 12
 local LUA = "lua5.4"
 local CPATH = "build/lua5.4/?.so;;"
 
@@ -18,6 +22,10 @@ local function capture(cmd)
 end
 
 local root = (capture("pwd"):gsub("%s+$", ""))
+local wrk = require "bench.wrk"
+-- the module nginx loads (the OpenResty row): built for LuaJIT, kept current by make
+assert(os.execute("make --no-print-directory -s build/luajit/sendx.so LUA_VERSION=jit >&2"),
+  "building build/luajit/sendx.so failed")
 local server = mock.start { tls = false, template = root .. "/bench/nginx.conf.in" }
 local base = "http://127.0.0.1:" .. server.port .. "/api/v1"
 local slow = "http://127.0.0.1:" .. server.port .. "/slow/api/v1"
@@ -62,6 +70,9 @@ end
 local med = {}
 for i = 1, #rows do med[i] = median(samples[i]) end
 
+-- inside nginx: sendx against a hand-written cosocket client, wrk, A/B pairs
+local ngx_ab = wrk.compare(mock, server, PAIRS)
+
 -- memory: RSS after 1 000 and after 100 000 sync calls, Lua heap likewise
 local rss1, rss2, heap1, heap2 = contender("memory", base, 100000):match("(%d+) (%d+) (%d+) (%d+)")
 rss1, rss2, heap1, heap2 = tonumber(rss1), tonumber(rss2), tonumber(heap1), tonumber(heap2)
@@ -95,6 +106,8 @@ local function verdict(ok) return ok and "met" or "MISSED" end
 say("# sendx benchmarks")
 say("")
 say("`make bench` on %s; medians of %d rounds; nginx on loopback, keep-alive.", capture("uname -srm"):gsub("%s+$", ""), ROUNDS)
+say("Inside nginx: wrk -t1 -c%d, %d A/B pairs of %d s, the worker pinned to one core, wrk and the server on the other.",
+  ngx_ab.connections, ngx_ab.pairs, ngx_ab.seconds)
 say("")
 say("| contender | per second (median) | samples |")
 say("|---|---:|---|")
@@ -102,6 +115,12 @@ for i, row in ipairs(rows) do
   local s = {}
   for _, v in ipairs(samples[i]) do s[#s + 1] = string.format("%.0f", v) end
   say("| %s | %.0f | %s |", row[1], med[i], table.concat(s, " "))
+end
+for _, side in ipairs { { "sendx sync identify inside nginx (wrk, 1 worker)", ngx_ab.sendx },
+                        { "hand-written cosocket + cjson inside nginx (wrk, 1 worker)", ngx_ab.cosocket } } do
+  local s = {}
+  for _, v in ipairs(side[2].rps) do s[#s + 1] = string.format("%.0f", v) end
+  say("| %s | %.0f | %s |", side[1], wrk.median(side[2].rps), table.concat(s, " "))
 end
 say("")
 local r_limit = med[2] / med[1]
@@ -114,6 +133,10 @@ say("| sync / limit | %.2f | >= 0.90 | %s |", r_limit, verdict(r_limit >= 0.90))
 say("| sync / luasocket + cjson | %.2f | >= 1.5 | %s |", r_luasocket, verdict(r_luasocket >= 1.5))
 say("| encode_identify / cjson.encode | %.2f | >= 1.0 | %s |", r_encode, verdict(r_encode >= 1.0))
 say("| async / sync, 20 ms server | %.1f | >= 12 | %s |", r_async, verdict(r_async >= 12))
+say("| inside nginx: sendx / hand-written cosocket, requests/s (median of %d pair ratios) | %.2f | >= 1.0 | %s |",
+  ngx_ab.pairs, ngx_ab.rps_ratio, verdict(ngx_ab.rps_ratio >= 1.0))
+say("| inside nginx: sendx / hand-written cosocket, worker CPU per request | %.2f | (%.1f / %.1f us) | |",
+  ngx_ab.cpu_ratio, wrk.median(ngx_ab.sendx.cpu) * 1e6, wrk.median(ngx_ab.cosocket.cpu) * 1e6)
 say("| RSS after 100 000 calls - after 1 000 | %d KiB | <= 1024 KiB | %s |", rss2 - rss1, verdict(rss2 - rss1 <= 1024))
 say("| Lua heap after 100 000 calls - after 1 000 | %d KiB | flat | %s |", heap2 - heap1, verdict(math.abs(heap2 - heap1) <= 64))
 say("")

@@ -8,119 +8,176 @@
 --     -> kind, status, body, message, not_sent, retry_after
 --   kind: "ok" (a response came; status says which), "network", "timeout",
 --   "tls" or "too_large".
+--
+-- The answer is read with sock:receiveany into a Lua string and parsed there
+-- (one read usually brings a whole small answer). Every wait (connect, TLS
+-- handshake, each send slice, each read) gets the time left before the
+-- attempt's deadline, and the deadline is checked again before the next one:
+-- cosocket timeouts measure silence, so a server trickling bytes would
+-- otherwise hold an attempt for as long as it likes. Host names are resolved
+-- by nginx's resolver, bounded by its resolver_timeout, not by the deadline.
 
 local ngx = ngx
 local tcp = ngx.socket.tcp
 local now, update_time = ngx.now, ngx.update_time
 local concat = table.concat
-local error, tonumber, tostring = error, tonumber, tostring
-local find, lower, match, format, sub = string.find, string.lower, string.match, string.format, string.sub
+local error, tonumber, tostring, setmetatable = error, tonumber, tostring, setmetatable
+local byte, find, lower, match, format, sub =
+  string.byte, string.find, string.lower, string.match, string.format, string.sub
 
 local MAX_BODY = 1024 * 1024 -- bytes of response body kept, as in C
 local MAX_HEADERS = 100
 local MAX_LINE = 8192        -- bytes in a status, header or chunk-size line
-local POOL_SIZE = 32         -- idle keep-alive connections per target and worker
+local POOL_SIZE = 32         -- idle keep-alive connections per target and worker (t.pool_size)
 local IDLE_MS = 60000        -- how long an idle connection stays in the pool
+local READ_MAX = 65536       -- bytes asked of one receiveany (nginx gives at most its buffer)
+local SEND_SLICE = 65536     -- a larger body goes out in slices, the deadline checked between
+
+local LONG_LINE = "response line longer than 8 KiB"
+
+local ok_new, new_table = pcall(require, "table.new") -- LuaJIT's preallocating constructor
+if not ok_new then new_table = function() return {} end end
 
 -- ---------------------------------------------------------------------------
--- One HTTP/1.1 exchange over a cosocket
+-- Reading: a buffer (a string and the position of its first unread byte)
 -- ---------------------------------------------------------------------------
 
--- Milliseconds left before the deadline (at least 1: settimeout(0) means "default").
-local function left(deadline)
-  update_time()
+-- Milliseconds left before the deadline, or nil (settimeout(0) would mean
+-- "the default"). `fresh`: update nginx's cached clock first; without it the
+-- clock is the event loop's, exact after every wait.
+local function left(deadline, fresh)
+  if fresh then update_time() end
   local ms = deadline - now() * 1000
   return ms >= 1 and ms or nil
 end
 
-local function receive(sock, deadline, size)
-  local ms = left(deadline)
+-- At most `max` more bytes from the socket, waiting no longer than the time
+-- left. Returns the bytes, or nil and the error ("timeout" past the deadline).
+local function read(sock, deadline, max)
+  local ms = left(deadline, true)
   if not ms then return nil, "timeout" end
   sock:settimeout(ms)
-  return sock:receive(size)
+  return sock:receiveany(max)
 end
 
--- One line (without CR LF) through `lines`, sock:receiveuntil("\n"); a line
--- longer than MAX_LINE is an error, not memory growth.
-local function read_line(sock, lines, deadline)
-  local parts, n = {}, 0
+-- buf[pos..] followed by more bytes from the socket: the new buffer (read from
+-- 1), or nil, err.
+local function more(sock, deadline, buf, pos)
+  local data, err = read(sock, deadline, READ_MAX)
+  if not data then return nil, err end
+  if pos > #buf then return data end
+  return sub(buf, pos) .. data
+end
+
+-- The line starting at pos: returns buf, pos, e with buf[e] its "\n" (the
+-- buffer may have been refilled), or nil, err. A line is at most MAX_LINE
+-- bytes (with its CR): a longer one is an error, not memory growth.
+local function line_at(sock, deadline, buf, pos)
+  local from = pos
   while true do
-    local ms = left(deadline)
-    if not ms then return nil, "timeout" end
-    sock:settimeout(ms)
-    local data, err = lines(4096)
-    if err then return nil, err end
-    if not data then break end -- the end of the line
-    n = n + #data
-    if n > MAX_LINE then return nil, "response line longer than 8 KiB" end
-    parts[#parts + 1] = data
+    local e = find(buf, "\n", from, true)
+    if e then
+      if e - pos > MAX_LINE then return nil, LONG_LINE end
+      return buf, pos, e
+    end
+    if #buf - pos >= MAX_LINE then return nil, LONG_LINE end
+    local err
+    from = #buf - pos + 2
+    buf, err = more(sock, deadline, buf, pos)
+    if not buf then return nil, err end
+    pos = 1
   end
-  local line = concat(parts)
-  return (sub(line, -1) == "\r") and sub(line, 1, -2) or line
 end
 
--- Lower-cased header fields up to the blank line.
-local function read_fields(sock, lines, deadline)
-  local headers = {}
+-- Whether the line pos..e (e: its "\n") is empty.
+local function blank(buf, pos, e)
+  return e == pos or (e == pos + 1 and byte(buf, pos) == 13)
+end
+
+-- Lower-cased header fields up to the blank line: headers, buf, pos or nil, err.
+local function read_fields(sock, deadline, buf, pos)
+  local headers = new_table(0, 8)
   for _ = 1, MAX_HEADERS do
-    local line, err = read_line(sock, lines, deadline)
-    if not line then return nil, err end
-    if line == "" then return headers end
-    local name, value = match(line, "^([^:%s]+)%s*:%s*(.-)%s*$")
+    local b, p, e = line_at(sock, deadline, buf, pos)
+    if not b then return nil, p end
+    buf, pos = b, e + 1
+    if blank(b, p, e) then return headers, buf, pos end
+    local name, value = match(b, "^([^:%s]+)[ \t]*:[ \t]*([^\r\n]-)[ \t]*\r?\n", p)
     if name then headers[lower(name)] = value end
   end
   return nil, "too many response header fields"
 end
 
 -- Status, headers and HTTP minor version of the final response (100 and 103
--- are interim; other 1xx are refused).
-local function read_head(sock, lines, deadline)
+-- are interim; other 1xx are refused), then buf, pos; or nil, err.
+local function read_head(sock, deadline, buf, pos)
   while true do
-    local line, err = read_line(sock, lines, deadline)
-    if not line then return nil, err end
-    local minor, status = match(line, "^HTTP/1%.(%d) (%d%d%d)")
+    local b, p, e = line_at(sock, deadline, buf, pos)
+    if not b then return nil, p end
+    local minor, status = match(b, "^HTTP/1%.(%d) (%d%d%d)", p)
     status = tonumber(status)
     if not status then return nil, "malformed status line from the server" end
     local headers
-    headers, err = read_fields(sock, lines, deadline)
-    if not headers then return nil, err end
-    if status >= 200 then return status, headers, minor end
+    headers, buf, pos = read_fields(sock, deadline, b, e + 1)
+    if not headers then return nil, buf end
+    if status >= 200 then return status, headers, minor, buf, pos end
     if status ~= 100 and status ~= 103 then return nil, "unexpected status " .. status end
   end
 end
 
-local function read_chunked(sock, lines, deadline)
+-- Exactly n bytes from buf[pos..] and then the socket (never more, so nothing
+-- of what follows is taken). Returns the bytes, buf, pos; or nil, err.
+local function take(sock, deadline, buf, pos, n)
+  local have = #buf - pos + 1
+  if have >= n then return sub(buf, pos, pos + n - 1), buf, pos + n end
+  local parts, k = { sub(buf, pos) }, 1
+  n = n - have
+  while n > 0 do
+    local data, err = read(sock, deadline, n < READ_MAX and n or READ_MAX)
+    if not data then return nil, err end
+    k = k + 1
+    parts[k] = data
+    n = n - #data
+  end
+  return concat(parts), "", 1
+end
+
+-- A chunked body: body, buf, pos or nil, err.
+local function read_chunked(sock, deadline, buf, pos)
   local parts, total = {}, 0
   while true do
-    local line, err = read_line(sock, lines, deadline)
-    if not line then return nil, err end
-    local hex = match(line, "^%s*(%x+)")
+    local b, p, e = line_at(sock, deadline, buf, pos)
+    if not b then return nil, p end
+    local hex = match(b, "^[ \t]*(%x+)", p)
     local size = hex and tonumber(hex, 16)
     if not size then return nil, "malformed chunked body" end
+    buf, pos = b, e + 1
     if size == 0 then
       local trailers
-      trailers, err = read_fields(sock, lines, deadline)
-      if not trailers then return nil, err end
-      return concat(parts)
+      trailers, buf, pos = read_fields(sock, deadline, buf, pos)
+      if not trailers then return nil, buf end
+      return concat(parts), buf, pos
     end
     total = total + size
     if total > MAX_BODY then return nil, "too_large" end
     local data
-    data, err = receive(sock, deadline, size)
-    if not data then return nil, err end
+    data, buf, pos = take(sock, deadline, buf, pos, size)
+    if not data then return nil, buf end
     parts[#parts + 1] = data
-    line, err = read_line(sock, lines, deadline)
-    if line ~= "" then return nil, err or "malformed chunked body" end
+    b, p, e = line_at(sock, deadline, buf, pos)
+    if not b then return nil, p end
+    if not blank(b, p, e) then return nil, "malformed chunked body" end
+    buf, pos = b, e + 1
   end
 end
 
-local function read_to_close(sock, deadline)
-  local parts, total = {}, 0
+-- A body that ends when the server closes the connection.
+local function read_to_close(sock, deadline, buf, pos)
+  local rest = sub(buf, pos)
+  local parts, total = { rest }, #rest
+  if total > MAX_BODY then return nil, "too_large" end
   while true do
-    local ms = left(deadline)
-    if not ms then return nil, "timeout" end
-    sock:settimeout(ms)
-    local data, err = sock:receiveany(65536)
+    local data, err = read(sock, deadline, READ_MAX)
     if not data then
       if err == "closed" then return concat(parts) end
       return nil, err
@@ -131,38 +188,80 @@ local function read_to_close(sock, deadline)
   end
 end
 
--- The body, and whether the connection may serve another request.
-local function read_body(sock, lines, deadline, status, headers, minor)
-  local connection = lower(headers["connection"] or "")
+-- The body, and whether the connection may serve another request (nothing
+-- unread after the answer); or nil, false, err.
+local function read_body(sock, deadline, buf, pos, status, headers, minor)
+  local connection = headers["connection"]
   local reusable
   if minor == "0" then
-    reusable = find(connection, "keep-alive", 1, true) ~= nil
+    reusable = connection ~= nil and find(lower(connection), "keep-alive", 1, true) ~= nil
   else
-    reusable = not find(connection, "close", 1, true)
+    reusable = not (connection and find(lower(connection), "close", 1, true))
   end
-  if status == 204 or status == 304 then return "", reusable end
-  local te = headers["transfer-encoding"]
-  if te and find(lower(te), "chunked", 1, true) then
-    local body, err = read_chunked(sock, lines, deadline)
-    return body, body and reusable, err
-  end
-  local len = headers["content-length"]
-  if len then
+  local body
+  if status == 204 or status == 304 then
+    body = ""
+  elseif headers["transfer-encoding"] and find(lower(headers["transfer-encoding"]), "chunked", 1, true) then
+    body, buf, pos = read_chunked(sock, deadline, buf, pos)
+  else
+    local len = headers["content-length"]
+    if not len then
+      local err
+      body, err = read_to_close(sock, deadline, buf, pos)
+      return body, false, err
+    end
     len = match(len, "^%d+$") and tonumber(len)
     if not len then return nil, false, "malformed Content-Length from the server" end
     if len > MAX_BODY then return nil, false, "too_large" end
-    if len == 0 then return "", reusable end
-    local body, err = receive(sock, deadline, len)
-    return body, body and reusable, err
+    body, buf, pos = take(sock, deadline, buf, pos, len)
   end
-  local body, err = read_to_close(sock, deadline)
-  return body, false, err
+  if not body then return nil, false, buf end
+  return body, reusable and pos > #buf
 end
+
+-- ---------------------------------------------------------------------------
+-- One HTTP/1.1 exchange over a cosocket
+-- ---------------------------------------------------------------------------
 
 local function failure_kind(err)
   if err == "timeout" then return "timeout" end
   if err == "too_large" then return "too_large" end
   return "network"
+end
+
+-- connect's options for a target, made once: its pool, or the pool never
+-- given back (a fresh connection each time).
+local connect_options = setmetatable({}, { __mode = "k" })
+
+local function options_of(t, fresh)
+  local o = connect_options[t]
+  if not o then
+    o = { [false] = { pool = t.pool }, [true] = { pool = t.once_pool } }
+    connect_options[t] = o
+  end
+  return o[fresh]
+end
+
+-- Shakes hands on a new connection; returns true or nil, kind, message.
+local function handshake(t, sock, deadline)
+  local ms = left(deadline)
+  if not ms then return nil, "timeout", format("TLS handshake with %s failed: timeout", t.host) end
+  sock:settimeout(ms) -- nginx arms it once for the whole handshake
+  local ok, err = sock:sslhandshake(false, t.server_name, true)
+  if ok and not sock:getreusedtimes() then
+    -- a handshake can report success on a socket already closed (seen once
+    -- in this suite, on a host-name mismatch, with lua-resty-core 0.1.25)
+    ok, err = nil, "certificate verification failed (connection closed)"
+  end
+  if ok then return true end
+  err = err or "handshake failed"
+  -- "NN: reason" is a verification failure, "certificate host mismatch" the
+  -- name check; a bare "handshake failed" is what resets and closes give
+  local verify = match(err, "^%d+: ") ~= nil
+  local kind = (err == "timeout" and "timeout")
+    or ((verify or find(err, "certificate", 1, true)) and "tls") or "network"
+  local hint = verify and " (nginx verifies against lua_ssl_trusted_certificate: is it set?)" or ""
+  return nil, kind, format("TLS handshake with %s failed: %s%s", t.host, err, hint)
 end
 
 -- Connects (or takes a pooled connection) and shakes hands. Returns the socket,
@@ -172,7 +271,7 @@ local function open(t, deadline, fresh)
   local ms = left(deadline)
   if not ms then return nil, "timeout", "timeout" end
   sock:settimeout(ms < t.connect_timeout_ms and ms or t.connect_timeout_ms)
-  local ok, err = sock:connect(t.connect_host, t.port, { pool = fresh and t.once_pool or t.pool })
+  local ok, err = sock:connect(t.connect_host, t.port, options_of(t, fresh))
   if not ok then
     if find(err, "no resolver defined", 1, true) then
       error(format("sendx: nginx cannot resolve '%s': add a resolver directive to nginx.conf "
@@ -181,45 +280,47 @@ local function open(t, deadline, fresh)
     return nil, failure_kind(err), format("connect to %s:%d failed: %s", t.host, t.port, err)
   end
   if t.tls and sock:getreusedtimes() == 0 then
-    ms = left(deadline)
-    if not ms then sock:close() return nil, "timeout", "timeout" end
-    sock:settimeout(ms)
-    ok, err = sock:sslhandshake(false, t.server_name, true)
-    if ok and not sock:getreusedtimes() then
-      -- a handshake can report success on a socket already closed (seen once
-      -- in this suite, on a host-name mismatch, with lua-resty-core 0.1.25)
-      ok, err = nil, "certificate verification failed (connection closed)"
-    end
+    local kind, msg
+    ok, kind, msg = handshake(t, sock, deadline)
     if not ok then
-      err = err or "handshake failed"
       sock:close()
-      -- "NN: reason" is a verification failure, "certificate host mismatch" the
-      -- name check; a bare "handshake failed" is what resets and closes give
-      local verify = match(err, "^%d+: ") ~= nil
-      local kind = (err == "timeout" and "timeout")
-        or ((verify or find(err, "certificate", 1, true)) and "tls") or "network"
-      local hint = verify and " (nginx verifies against lua_ssl_trusted_certificate: is it set?)" or ""
-      return nil, kind, format("TLS handshake with %s failed: %s%s", t.host, err, hint)
+      return nil, kind, msg
     end
   end
   return sock
 end
 
+-- Sends the request, a large body in slices so that the deadline bounds it.
+local function send(t, sock, deadline, path, body)
+  local ms = left(deadline)
+  if not ms then return nil, "timeout" end
+  sock:settimeout(ms)
+  local n = #body
+  if n <= SEND_SLICE then
+    -- cosockets copy a table's pieces before the first write: no concatenation here
+    return sock:send { "POST ", path, t.head, n, "\r\n\r\n", body }
+  end
+  local ok, err = sock:send { "POST ", path, t.head, n, "\r\n\r\n" }
+  for i = 1, n, SEND_SLICE do
+    if not ok then return nil, err end
+    ms = left(deadline, true)
+    if not ms then return nil, "timeout" end
+    sock:settimeout(ms)
+    ok, err = sock:send(sub(body, i, i + SEND_SLICE - 1))
+  end
+  return ok, err
+end
+
 -- Sends the request on sock and reads the answer. Returns status, body, retry_after;
 -- or nil, kind, message, status.
 local function exchange(t, sock, deadline, path, body, idempotent)
-  local ms = left(deadline)
-  if not ms then return nil, "timeout", "timeout" end
-  sock:settimeout(ms)
-  -- cosockets copy a table's pieces before the first write: no concatenation here
-  local sent, err = sock:send { "POST ", path, t.head, #body, "\r\n\r\n", body }
+  local sent, err = send(t, sock, deadline, path, body)
   if not sent then return nil, failure_kind(err), err end
-  local lines = sock:receiveuntil("\n")
-  local status, headers, minor = read_head(sock, lines, deadline)
+  local status, headers, minor, buf, pos = read_head(sock, deadline, "", 1)
   if not status then return nil, failure_kind(headers), headers end
   local resp, reusable
-  resp, reusable, err = read_body(sock, lines, deadline, status, headers, minor)
-  if not (resp and reusable and idempotent and sock:setkeepalive(IDLE_MS, POOL_SIZE)) then
+  resp, reusable, err = read_body(sock, deadline, buf, pos, status, headers, minor)
+  if not (resp and reusable and idempotent and sock:setkeepalive(IDLE_MS, t.pool_size or POOL_SIZE)) then
     sock:close()
   end
   if not resp then
