@@ -124,7 +124,7 @@ int sx_async_submit(sx_async *a, sx_job *j)
     int rc = 0;
     pthread_mutex_lock(&a->mu);
     if (a->stopping)
-        rc = SX_SUBMIT_FULL;
+        rc = SX_SUBMIT_CLOSING;
     else if (j->len > a->o.max_bytes)
         rc = SX_SUBMIT_TOO_LARGE;
     else if (a->npending + a->nwaiting + a->ndone >= a->o.max_queue ||
@@ -134,7 +134,7 @@ int sx_async_submit(sx_async *a, sx_job *j)
         append(&a->pending, &a->pending_tail, j);
         a->npending++;
         a->pending_bytes += j->len;
-    } else if (!a->stopping) {
+    } else {
         a->dropped++;
     }
     pthread_mutex_unlock(&a->mu);

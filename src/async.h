@@ -17,6 +17,7 @@ typedef struct sx_job {
     size_t len;
     int idempotent;
     int keep;             /* 0: nobody reads the results: freed once counted */
+    int claimed;          /* the caller's: its results are being built */
     int ref;              /* the caller's (a Lua registry ref); never read here */
     int attempts;
     long long due_ms;     /* a retry waits until then (monotonic clock) */
@@ -50,11 +51,12 @@ sx_job *sx_job_new(const char *url, const char *body, size_t len, int idempotent
 void sx_job_free(sx_job *j);
 
 /* Queues j: 0; SX_SUBMIT_FULL when the queue is full (max_queue calls or
- * max_bytes bytes, completed calls not yet taken back included) or stopping,
- * SX_SUBMIT_TOO_LARGE when j alone passes max_bytes (j is not taken; both
- * count in `dropped`, unless stopping). */
+ * max_bytes bytes, completed calls not yet taken back included),
+ * SX_SUBMIT_TOO_LARGE when j alone passes max_bytes, SX_SUBMIT_CLOSING once
+ * the worker stops (j is not taken; each counts in `dropped`). */
 #define SX_SUBMIT_FULL (-1)
 #define SX_SUBMIT_TOO_LARGE (-2)
+#define SX_SUBMIT_CLOSING (-3)
 int sx_async_submit(sx_async *a, sx_job *j);
 
 

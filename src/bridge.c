@@ -56,8 +56,10 @@ static int l_bridge_target(lua_State *L)
     lua_setfield(L, -2, "base_path");
     lua_pushlstring(L, c->auth.data, c->auth.len);
     lua_setfield(L, -2, "auth");
-    lua_pushlstring(L, c->ua.data, c->ua.len);
-    lua_setfield(L, -2, "user_agent");
+    if (c->custom_ua) { /* else sendx.resty names nginx, not libcurl */
+        lua_pushlstring(L, c->ua.data, c->ua.len);
+        lua_setfield(L, -2, "user_agent");
+    }
     lua_pushinteger(L, c->timeout_ms);
     lua_setfield(L, -2, "timeout_ms");
     lua_pushinteger(L, c->connect_timeout_ms);
@@ -95,6 +97,7 @@ static int l_bridge_identify(lua_State *L)
     push_path(L, c);
     lua_pushlstring(L, c->body.data, c->body.len);
     lua_pushboolean(L, !incr);
+    sx_buf_shrink(&c->body);
     return 3;
 }
 
@@ -110,6 +113,7 @@ static int l_bridge_track(lua_State *L)
     sx_build_url(L, c, "track", email, elen);
     push_path(L, c);
     lua_pushlstring(L, c->body.data, c->body.len);
+    sx_buf_shrink(&c->body);
     return 2;
 }
 
@@ -129,28 +133,36 @@ static void check_attempt(lua_State *L, int k, int ns, sx_attempt *a)
     a->retry_after_ms = -1;
 }
 
-/* bridge.decide(client, attempt, idempotent, kind, status, not_sent,
- * retry_after) -> seconds to wait before the next attempt, or false when the
- * call is over (then bridge.outcome gives its results) */
-static int l_bridge_decide(lua_State *L)
+/* bridge.step(client, attempt, idempotent, kind, status, body, message,
+ * not_sent, retry_after) -> seconds to wait before the next attempt; or
+ * false, then the call's results when the policy says it is over. One C call
+ * per attempt: the hot path of every request made inside nginx. */
+static int l_bridge_step(lua_State *L)
 {
     /* not check_client: a call in flight may outlive a close or configure */
     sx_client *c = luaL_checkudata(L, 1, CLIENT_MT);
-    int attempt = (int)luaL_checkinteger(L, 2);
     size_t len = 0;
-    const char *ra = luaL_optlstring(L, 7, NULL, &len);
+    const char *ra = luaL_optlstring(L, 9, NULL, &len);
     sx_attempt a;
     sx_result r;
     long wait;
-    check_attempt(L, 4, 6, &a);
+    check_attempt(L, 4, 8, &a);
+    a.message = luaL_optstring(L, 7, NULL);
     if (ra != NULL)
         a.retry_after_ms = sx_retry_after_ms(ra, len);
-    wait = sx_policy_next(&c->conn.policy, &a, attempt, lua_toboolean(L, 3), &c->conn.rng, &r);
-    if (wait < 0)
-        lua_pushboolean(L, 0);
-    else
+    wait = sx_policy_next(&c->conn.policy, &a, (int)luaL_checkinteger(L, 2), lua_toboolean(L, 3),
+                          &c->conn.rng, &r);
+    if (wait >= 0) {
         lua_pushnumber(L, (lua_Number)wait / 1000.0);
-    return 1;
+        return 1;
+    }
+    lua_settop(L, 8); /* the message stays at 7: r.message may point into it */
+    if (a.too_large) {
+        lua_pushnil(L); /* a truncated body is of no use */
+        lua_replace(L, 6);
+    }
+    lua_pushboolean(L, 0);
+    return 1 + sx_push_result(L, 6, &r);
 }
 
 /* bridge.outcome(client, attempt, idempotent, kind, status, body, message,
@@ -211,7 +223,7 @@ static const luaL_Reg bridge_functions[] = {
     { "target", l_bridge_target },
     { "identify", l_bridge_identify },
     { "track", l_bridge_track },
-    { "decide", l_bridge_decide },
+    { "step", l_bridge_step },
     { "outcome", l_bridge_outcome },
     { "shutdown", l_bridge_shutdown },
     { "on_error", l_bridge_on_error },

@@ -19,6 +19,15 @@ void sx_buf_free(sx_buf *b);
 
 static inline void sx_buf_reset(sx_buf *b) { b->len = 0; }
 
+/* Lets go of a buffer that grew past what everyday calls need, so that one
+ * large call does not pin its memory for the client's life. */
+#define SX_BUF_KEEP ((size_t)64 * 1024)
+static inline void sx_buf_shrink(sx_buf *b)
+{
+    if (b->cap > SX_BUF_KEEP)
+        sx_buf_free(b);
+}
+
 static inline int sx_buf_addc(sx_buf *b, char c)
 {
     if (b->len == b->cap && sx_buf_reserve(b, 1) != 0)

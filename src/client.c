@@ -100,6 +100,7 @@ static void client_strings(lua_State *L, sx_client *c, const sx_config *o)
         MEMERR(L);
     copy_cstr(L, &c->ua, o->user_agent ? o->user_agent : ua,
               strlen(o->user_agent ? o->user_agent : ua));
+    c->custom_ua = o->user_agent != NULL;
 }
 
 /* Opens the libcurl side of c from checked options. */
@@ -284,6 +285,8 @@ static int send_request(lua_State *L, sx_client *c, const char *url, int idempot
     if (sx_conn_after_fork(&c->conn) != 0)
         return MEMERR(L);
     sx_conn_post(&c->conn, url, c->body.data, c->body.len, idempotent, &r);
+    sx_buf_shrink(&c->body);
+    sx_buf_shrink(&c->url);
     return push_outcome(L, c, &r);
 }
 

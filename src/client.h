@@ -15,6 +15,7 @@
 #define SENDX_VERSION "1.0.0"
 #define CLIENT_MT "sendx.client"
 #define DEFAULT_KEY "sendx.default" /* registry: the module's default client */
+#define BUILD_JOB_KEY "sendx.build_job" /* registry: client_async.c's result builder */
 
 /* Upvalues shared by every module function and method (and the bridge). */
 #define UV_SCRATCH lua_upvalueindex(1) /* sx_buf for encode_* */
@@ -30,14 +31,16 @@ typedef struct sx_client {
     sx_buf body;         /* scratch: the request body */
     sx_buf auth;         /* the auth header line, for the OpenResty transport */
     sx_buf ua;           /* the User-Agent, likewise */
+    int custom_ua;       /* ua is the user_agent option's */
     size_t path_off;     /* where the path starts in base ("https://host" before) */
     long timeout_ms, connect_timeout_ms;
     long pool_size;      /* idle keep-alive connections per nginx worker (OpenResty) */
     int has_ca_file, has_proxy;
     sx_async_opts aopts; /* for the background worker, started on first use */
     sx_async *async;
-    sx_job *limbo;       /* completed jobs being turned into Lua values */
-    int running;         /* run_done calls active (a callback may nest one) */
+    sx_job *limbo;       /* completed jobs taken from the worker whose callbacks
+                          * have not run yet */
+    int running;         /* jobs being built by run_done (a callback may nest one) */
     int on_error_ref;    /* on_error option (registry ref), or LUA_NOREF */
     char key_tail[8];    /* what tostring may show of the key */
     const char *missing; /* default client without credentials: why */

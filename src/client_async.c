@@ -69,7 +69,10 @@ static int submit(lua_State *L, sx_client *c, int cb, int idempotent)
         lua_pushvalue(L, cb);
         ref = luaL_ref(L, LUA_REGISTRYINDEX);
     }
-    if ((j = sx_job_new(c->url.data, c->body.data, c->body.len, idempotent)) == NULL) {
+    j = sx_job_new(c->url.data, c->body.data, c->body.len, idempotent);
+    sx_buf_shrink(&c->body);
+    sx_buf_shrink(&c->url);
+    if (j == NULL) {
         luaL_unref(L, LUA_REGISTRYINDEX, ref);
         return MEMERR(L);
     }
@@ -79,7 +82,8 @@ static int submit(lua_State *L, sx_client *c, int cb, int idempotent)
         luaL_unref(L, LUA_REGISTRYINDEX, ref);
         sx_job_free(j);
         lua_pushnil(L);
-        lua_pushstring(L, rc == SX_SUBMIT_TOO_LARGE ? SX_MSG_TOO_LARGE_FOR_QUEUE : SX_MSG_QUEUE_FULL);
+        lua_pushstring(L, rc == SX_SUBMIT_TOO_LARGE ? SX_MSG_TOO_LARGE_FOR_QUEUE
+                          : rc == SX_SUBMIT_CLOSING ? SX_MSG_CLOSING : SX_MSG_QUEUE_FULL);
         return 2;
     }
     lua_pushboolean(L, 1);
@@ -144,53 +148,86 @@ static void unlink_limbo(sx_client *c, sx_job *j)
         }
 }
 
-/* Pushes the callback and the raw body of j, and frees j. j sits in
- * c->limbo meanwhile, so that close frees it if a Lua error escapes.
- * [-0, +2] */
-static void push_job(lua_State *L, sx_client *c, sx_job *j)
+/* build_job(job) -> callback, results: in a protected call (with the
+ * module's upvalues: sx_push_result decodes with UV_DECODE). */
+static int build_job(lua_State *L)
 {
-    int ref = j->ref;
-    j->next = c->limbo;
-    c->limbo = j;
-    c->running++;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, ref); /* nil for LUA_NOREF */
+    sx_job *j = lua_touserdata(L, 1);
+    int n;
+    lua_settop(L, 0);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, j->ref); /* nil for LUA_NOREF */
     if (j->response != NULL)
         lua_pushlstring(L, j->response, j->response_len);
     else
         lua_pushnil(L);
-    c->running--;
-    unlink_limbo(c, j);
-    sx_job_free(j); /* before sx_push_result: its allocations may run finalizers */
-    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    n = sx_push_result(L, 2, &j->r);
+    lua_remove(L, 2); /* the raw body */
+    return 1 + n;
+}
+
+/* Pushes build_job, made once per Lua state. [-0, +1] */
+static void push_builder(lua_State *L)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, BUILD_JOB_KEY);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushvalue(L, lua_upvalueindex(1));
+        lua_pushvalue(L, lua_upvalueindex(2));
+        lua_pushcclosure(L, build_job, 2);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, LUA_REGISTRYINDEX, BUILD_JOB_KEY);
+    }
+}
+
+/* The next completed call whose callback is due: one left in limbo by an
+ * error, else one from the worker (put in limbo until its callback runs,
+ * so that an error escaping from here loses nothing: the next poll, flush
+ * or close takes it again). */
+static sx_job *next_job(sx_client *c)
+{
+    sx_job *j;
+    for (j = c->limbo; j != NULL; j = j->next)
+        if (!j->claimed)
+            return j;
+    if (c->async == NULL || sx_async_pid(c->async) != getpid() ||
+        (j = sx_async_take(c->async)) == NULL)
+        return NULL;
+    j->next = c->limbo;
+    c->limbo = j;
+    return j;
 }
 
 /* Runs the callbacks of completed calls, one job at a time (a callback may
- * poll, queue or close). Returns how many calls completed. [-0, +0] */
+ * poll, queue or close). Every call's callback runs exactly once: the
+ * results are built in a protected call, again when a finalizer's error
+ * (Lua 5.1-5.3 and LuaJIT raise them at the allocation) cut it short.
+ * Returns how many calls completed. [-0, +0] */
 static int run_done(lua_State *L, sx_client *c, int errs)
 {
     int n = 0;
     sx_job *j;
-    while (c->async != NULL && sx_async_pid(c->async) == getpid() &&
-           (j = sx_async_take(c->async)) != NULL) {
-        int base = lua_gettop(L), nres, running;
-        sx_result r = j->r; /* copied: a finalizer run by the pushes may close c */
-        char message[CURL_ERROR_SIZE];
-        if (r.message != NULL) {
-            snprintf(message, sizeof message, "%s", r.message);
-            r.message = message;
+    while ((j = next_job(c)) != NULL) {
+        int base = lua_gettop(L), tries = 0, ref = j->ref;
+        j->claimed = 1;
+        c->running++; /* close leaves a claimed job alone */
+        push_builder(L);
+        lua_pushlightuserdata(L, j);
+        while (lua_pcall(L, 1, LUA_MULTRET, 0) != 0) {
+            if (++tries == 8) { /* not a finalizer: out of memory */
+                j->claimed = 0;
+                c->running--;
+                lua_error(L);
+            }
+            lua_settop(L, base);
+            push_builder(L);
+            lua_pushlightuserdata(L, j);
         }
-        /* no finalizer runs until the results are built: one that raises
-         * (Lua 5.1-5.3 raise at the allocation) must not lose the call */
-        running = sx_gc_running(L);
-        lua_gc(L, LUA_GCSTOP, 0);
-        push_job(L, c, j); /* callback, body */
-        nres = sx_push_result(L, base + 2, &r);
-        if (running)
-            lua_gc(L, LUA_GCRESTART, 0);
-        lua_pushvalue(L, base + 1);
-        lua_insert(L, -(nres + 1)); /* callback, results */
+        c->running--;
+        unlink_limbo(c, j);
+        sx_job_free(j);
+        luaL_unref(L, LUA_REGISTRYINDEX, ref);
         n++;
-        if (!lua_isnil(L, base + 1) && lua_pcall(L, nres, 0, 0) != 0)
+        if (!lua_isnil(L, base + 1) && lua_pcall(L, lua_gettop(L) - base - 1, 0, 0) != 0)
             report_error(L, c, errs);
         lua_settop(L, base);
     }

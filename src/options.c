@@ -10,6 +10,7 @@
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
+#include <sys/stat.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -252,6 +253,10 @@ static void check_config(lua_State *L, int arg, sx_config *cfg)
     if (cfg->plain_http && cfg->proxy != NULL && proxy_on_loopback(cfg->proxy) != 1)
         sx_argerror(L, arg, "proxy: must be on loopback when base_url is plain http");
     if (cfg->ca_file != NULL) {
+        struct stat st;
+        if (stat(cfg->ca_file, &st) == 0 && !S_ISREG(st.st_mode))
+            sx_argerror(L, arg, "ca_file: '%s' is not a file (a PEM bundle of CA certificates)",
+                        cfg->ca_file);
         if ((f = fopen(cfg->ca_file, "rb")) != NULL)
             fclose(f);
         else

@@ -7,6 +7,8 @@
  */
 #include "policy.h"
 
+#include <curl/curl.h> /* curl_getdate */
+
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -107,10 +109,9 @@ long sx_policy_next(const sx_policy *p, const sx_attempt *a, int attempt, int id
     r->status = a->status;
     r->attempts = attempt;
     r->message = a->message;
-    r->code = CURLE_OK;
+    r->too_large = a->too_large;
     if (a->too_large) {
         r->kind = SX_HTTP;
-        r->code = CURLE_WRITE_ERROR;
         r->message = SX_MSG_TOO_LARGE;
     } else if (a->kind == SX_OK) {
         r->kind = a->status >= 200 && a->status <= 299 ? SX_OK : SX_HTTP;

@@ -11,18 +11,20 @@
 #ifndef SENDX_POLICY_H
 #define SENDX_POLICY_H
 
-#include <curl/curl.h>
 #include <stddef.h>
 
 #define SX_MAX_RESPONSE ((size_t)1024 * 1024) /* bytes of response body kept */
 #define SX_MAX_RETRY_WAIT_MS 30000            /* Retry-After is clamped to this by default */
 #define SX_MAX_BACKOFF_MS 5000                /* the backoff's ceiling by default */
 
+#define SX_MESSAGE_MAX 256 /* bytes of a transport's message kept (CURL_ERROR_SIZE) */
+
 /* The words the transports share. */
 #define SX_MSG_TOO_LARGE "response body larger than 1 MiB"
 #define SX_MSG_SHUTDOWN "the client was closed before the call completed"
 #define SX_MSG_QUEUE_FULL "queue full"
 #define SX_MSG_TOO_LARGE_FOR_QUEUE "too large for max_queue_bytes"
+#define SX_MSG_CLOSING "client is closing"
 
 typedef enum sx_kind {
     SX_OK = 0,
@@ -40,8 +42,7 @@ typedef enum sx_kind {
 typedef struct sx_result {
     sx_kind kind;   /* SX_OK (2xx), SX_HTTP (another status, or a body over the
                      * cap), or the transport-level failure */
-    CURLcode code;  /* CURLE_WRITE_ERROR when the body passed the cap, else
-                     * libcurl's verdict (CURLE_OK for other transports) */
+    int too_large;  /* the body passed SX_MAX_RESPONSE (kind SX_HTTP) */
     long status;    /* HTTP status of the last response, 0 when none came */
     int attempts;
     int retryable;  /* another try could succeed and is safe to make */

@@ -7,24 +7,41 @@
 #include "results.h"
 #include "client.h"
 
+#include <stdio.h>
 #include <string.h>
 
 /* Stack slots of build()'s arguments. */
 enum { ARG_BODY = 1, ARG_DECODE, ARG_RESULT };
 
 /* Decodes the body string (or nil) at `body` with lua-cjson and pushes the
- * value; returns 0 when it is not JSON, with cjson's message pushed instead
- * (the collector is stopped: no finalizer's error can pass for cjson's).
+ * value; returns 0 when it is not JSON, with cjson's message pushed instead.
+ * A finalizer that raises during the decode (Lua 5.1-5.3 and LuaJIT raise at
+ * the allocation) must not pass for bad JSON: cjson's verdict on a text is
+ * the same every time, so a failure counts only once seen twice alike.
  * [-0, +1] */
 static int decode_body(lua_State *L, int body)
 {
-    lua_pushvalue(L, ARG_DECODE);
-    lua_pushvalue(L, body);
-    if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        lua_pushliteral(L, "");
+    int i;
+    for (i = 0; i < 8; i++) {
+        lua_pushvalue(L, ARG_DECODE);
+        lua_pushvalue(L, body);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushliteral(L, "");
+        }
+        if (lua_pcall(L, 1, 1, 0) == 0) {
+            if (i > 0)
+                lua_remove(L, -2); /* the earlier error */
+            return 1;
+        }
+        if (i > 0 && lua_rawequal(L, -1, -2)) {
+            lua_remove(L, -2);
+            return 0;
+        }
+        if (i > 0)
+            lua_remove(L, -2); /* keep the latest only */
     }
-    return lua_pcall(L, 1, 1, 0) == 0;
+    return 0;
 }
 
 /* 1 when the JSON text at idx is an object (its first non-blank byte is '{').
@@ -75,7 +92,7 @@ static int push_failure(lua_State *L, const sx_result *r, sx_kind kind, const ch
                         int body, int response)
 {
     lua_pushnil(L);
-    if (kind == SX_HTTP && r->code == CURLE_OK)
+    if (kind == SX_HTTP)
         lua_pushfstring(L, "sendx: HTTP %d%s%s", (int)r->status, detail ? ": " : "",
                         detail ? detail : "");
     else
@@ -135,28 +152,29 @@ static int build(lua_State *L)
     lua_pushstring(L, r->message); /* nil when NULL */
     if (r->kind != SX_OK && r->kind != SX_HTTP)
         return push_failure(L, r, r->kind, lua_tostring(L, -1), ARG_BODY, 0);
-    if (r->code != CURLE_OK) /* the body outgrew its cap */
+    if (r->too_large) /* "sendx: HTTP 200: response body larger than 1 MiB" */
         return push_failure(L, r, SX_HTTP, lua_tostring(L, -1), ARG_BODY, 0);
     return judge_response(L, ARG_BODY, r);
 }
 
-/* The results are built with the collector stopped: no finalizer runs
- * meanwhile, so none can reuse (or close) the client that r->message points
- * into, raise an error that would pass for a decode failure, or lose the
- * call (Lua 5.1-5.3 raise finalizers' errors at the allocation). */
+/* The message is copied before any allocation: a finalizer run by one may
+ * reuse the client that r->message points into. Built in a protected call
+ * whose error is raised again, so that the copy stays on this C stack. */
 int sx_push_result(lua_State *L, int body, const sx_result *r)
 {
-    int top = lua_gettop(L), running = sx_gc_running(L), status;
+    int top = lua_gettop(L);
+    char message[SX_MESSAGE_MAX];
+    sx_result copy = *r;
+    if (r->message != NULL) {
+        snprintf(message, sizeof message, "%s", r->message);
+        copy.message = message;
+    }
     body = lua_absindex(L, body);
-    lua_gc(L, LUA_GCSTOP, 0);
     lua_pushcfunction(L, build);
     lua_pushvalue(L, body);
     lua_pushvalue(L, UV_DECODE);
-    lua_pushlightuserdata(L, (void *)r);
-    status = lua_pcall(L, 3, LUA_MULTRET, 0);
-    if (running)
-        lua_gc(L, LUA_GCRESTART, 0);
-    if (status != 0)
+    lua_pushlightuserdata(L, &copy);
+    if (lua_pcall(L, 3, LUA_MULTRET, 0) != 0)
         lua_error(L);
     return lua_gettop(L) - top;
 }

@@ -25,7 +25,7 @@ local error, tonumber, tostring, setmetatable = error, tonumber, tostring, setme
 local byte, find, lower, match, format, sub =
   string.byte, string.find, string.lower, string.match, string.format, string.sub
 
-local MAX_BODY = 1024 * 1024 -- bytes of response body kept, as in C
+local MAX_BODY = 1024 * 1024 -- bytes of response body kept: set by the caller (configure)
 local MAX_HEADERS = 100
 local MAX_LINE = 8192        -- bytes in a status, header or chunk-size line
 local POOL_SIZE = 32         -- idle keep-alive connections per target and worker (t.pool_size)
@@ -331,9 +331,11 @@ local function exchange(t, sock, deadline, path, body, idempotent)
 end
 
 -- One attempt. Returns kind, status, body, message, not_sent, retry_after.
-local function request(t, path, body, idempotent)
+-- until_ms (optional, ngx.now() * 1000 scale) ends it sooner than t.timeout_ms.
+local function request(t, path, body, idempotent, until_ms)
   update_time()
   local deadline = now() * 1000 + t.timeout_ms
+  if until_ms and until_ms < deadline then deadline = until_ms end
   for _ = 1, 3 do -- a pooled connection the server closed meanwhile is replaced
     local sock, kind, msg = open(t, deadline, not idempotent)
     if not sock then return kind, nil, nil, msg, true end
@@ -353,4 +355,9 @@ local function request(t, path, body, idempotent)
 end
 
 
-return { request = request }
+-- The limits the caller decides: max_body (bytes of a response body).
+local function configure(limits)
+  MAX_BODY = limits.max_body or MAX_BODY
+end
+
+return { request = request, configure = configure }

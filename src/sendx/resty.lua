@@ -43,7 +43,7 @@ end
 -- Where a client connects (computed once per client)
 -- ---------------------------------------------------------------------------
 
-local function make_target(bridge, client)
+local function make_target(bridge, client, version)
   local t = bridge.target(client)
   if t.ca_file then
     error("sendx: the ca_file option has no effect inside nginx: cosockets verify against "
@@ -59,7 +59,10 @@ local function make_target(bridge, client)
   -- definition (RFC 6761), as libcurl treats it too
   t.connect_host = lower(t.host) == "localhost" and "127.0.0.1" or t.host
   t.server_name = match(t.host, "^%[(.*)%]$") or t.host
-  t.pool = format("sendx:%s:%s:%d", t.scheme, t.host, t.port)
+  t.user_agent = t.user_agent or format("sendx/%s (%s; nginx/%s; ngx_lua/%s)", version,
+    jit and jit.version or _VERSION, ngx.config.nginx_version, ngx.config.ngx_lua_version)
+  -- nginx sizes a pool when it first creates it: the size is part of its name
+  t.pool = format("sendx:%s:%s:%d:%d", t.scheme, t.host, t.port, t.pool_size)
   t.once_pool = t.pool .. ":once" -- never given back: a fresh connection each time
   -- the request head between the path and the body's length
   t.head = " HTTP/1.1\r\nHost: " .. t.host_header .. "\r\nUser-Agent: " .. t.user_agent
@@ -75,15 +78,16 @@ end
 return function(module, methods, bridge)
   local targets = setmetatable({}, { __mode = "k" })
   local prepare_identify, prepare_track = bridge.identify, bridge.track
-  local decide, outcome, shutdown = bridge.decide, bridge.outcome, bridge.shutdown
+  local step, outcome, shutdown = bridge.step, bridge.outcome, bridge.shutdown
   local words = bridge.words
+  http.configure { max_body = words.max_body }
   local c_close = methods.close
 
   -- The target of a client, computed once.
   local function target_of(client)
     local t = targets[client]
     if not t then
-      t = make_target(bridge, client)
+      t = make_target(bridge, client, module.version)
       targets[client] = t
     end
     return t
@@ -107,9 +111,14 @@ return function(module, methods, bridge)
     local n = 0
     while true do
       n = n + 1
-      local kind, status, resp, msg, not_sent, retry_after = attempt(t, path, body, idempotent)
-      local wait = decide(client, n, idempotent, kind, status, not_sent, retry_after)
-      if not wait then return outcome(client, n, idempotent, kind, status, resp, msg, not_sent) end
+      local kind, status, resp, msg, not_sent, retry_after =
+        attempt(t, path, body, idempotent, q and q.exit_at and q.exit_at * 1000)
+      local wait, res, err, info = step(client, n, idempotent, kind, status, resp, msg, not_sent,
+        retry_after)
+      if not wait then
+        if err == nil then return res end
+        return res, err, info
+      end
       if q then
         if cut(q, wait) then return shutdown(n) end
         q.stats.retried = q.stats.retried + 1
