@@ -10,9 +10,6 @@
 #include <stdio.h>
 #include <string.h>
 
-/* Stack slots of build()'s arguments. */
-enum { ARG_BODY = 1, ARG_DECODE, ARG_RESULT };
-
 /* Decodes the body string (or nil) at `body` with lua-cjson and pushes the
  * value; returns 0 when it is not JSON, with cjson's message pushed instead.
  * A finalizer that raises during the decode (Lua 5.1-5.3 and LuaJIT raise at
@@ -23,7 +20,7 @@ static int decode_body(lua_State *L, int body)
 {
     int i;
     for (i = 0; i < 8; i++) {
-        lua_pushvalue(L, ARG_DECODE);
+        lua_pushvalue(L, UV_DECODE);
         lua_pushvalue(L, body);
         if (lua_isnil(L, -1)) {
             lua_pop(L, 1);
@@ -145,36 +142,36 @@ static int judge_response(lua_State *L, int body, const sx_result *r)
     return 1;
 }
 
-/* build(body, decode, result): the results, in a protected call. [-0, +1|3] */
-static int build(lua_State *L)
+/* Moves the top n values down to slot top + 1 and drops what lay between.
+ * Returns n. */
+static int keep_top(lua_State *L, int top, int n)
 {
-    const sx_result *r = lua_touserdata(L, ARG_RESULT);
-    lua_pushstring(L, r->message); /* nil when NULL */
-    if (r->kind != SX_OK && r->kind != SX_HTTP)
-        return push_failure(L, r, r->kind, lua_tostring(L, -1), ARG_BODY, 0);
-    if (r->too_large) /* "sendx: HTTP 200: response body larger than 1 MiB" */
-        return push_failure(L, r, SX_HTTP, lua_tostring(L, -1), ARG_BODY, 0);
-    return judge_response(L, ARG_BODY, r);
+    int i, from = lua_gettop(L) - n;
+    for (i = 1; i <= n && from > top; i++) {
+        lua_pushvalue(L, from + i);
+        lua_replace(L, top + i);
+    }
+    lua_settop(L, top + n);
+    return n;
 }
 
 /* The message is copied before any allocation: a finalizer run by one may
- * reuse the client that r->message points into. Built in a protected call
- * whose error is raised again, so that the copy stays on this C stack. */
+ * reuse the client that r->message points into. */
 int sx_push_result(lua_State *L, int body, const sx_result *r)
 {
-    int top = lua_gettop(L);
+    int top = lua_gettop(L), n;
     char message[SX_MESSAGE_MAX];
-    sx_result copy = *r;
+    const char *detail = NULL;
     if (r->message != NULL) {
         snprintf(message, sizeof message, "%s", r->message);
-        copy.message = message;
+        detail = message;
     }
     body = lua_absindex(L, body);
-    lua_pushcfunction(L, build);
-    lua_pushvalue(L, body);
-    lua_pushvalue(L, UV_DECODE);
-    lua_pushlightuserdata(L, &copy);
-    if (lua_pcall(L, 3, LUA_MULTRET, 0) != 0)
-        lua_error(L);
-    return lua_gettop(L) - top;
+    if (r->kind != SX_OK && r->kind != SX_HTTP)
+        n = push_failure(L, r, r->kind, detail, body, 0);
+    else if (r->too_large) /* "sendx: HTTP 200: response body larger than 1 MiB" */
+        n = push_failure(L, r, SX_HTTP, detail, body, 0);
+    else
+        n = judge_response(L, body, r);
+    return keep_top(L, top, n);
 }
