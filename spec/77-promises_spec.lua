@@ -69,7 +69,8 @@ describe("promises", function()
   it("a call with no callback keeps nothing once it is counted", function()
     local c = new()
     for i = 1, 2000 do assert(c:identify_async { email = "ff" .. i .. "@example.com" }) end
-    assert.is_true(c:flush(60))
+    local t0 = helpers.now() -- no flush: it would hand out whatever was kept
+    while c:stats().sent < 2000 and helpers.now() - t0 < 60 do require("socket").sleep(0.01) end
     local st = c:stats()
     assert.equal(2000, st.sent)
     assert.equal(0, st.queued + st.in_flight)
