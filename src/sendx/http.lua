@@ -54,7 +54,7 @@ end
 -- At most `max` more bytes from the socket, waiting no longer than the time
 -- left. Returns the bytes, or nil and the error ("timeout" past the deadline).
 local function read(sock, deadline, max)
-  local ms = left(deadline, true)
+  local ms = left(deadline)
   if not ms then return nil, "timeout" end
   sock:settimeout(ms)
   return sock:receiveany(max)
@@ -108,6 +108,36 @@ local function read_fields(sock, deadline, buf, pos)
   return nil, "too many response header fields"
 end
 
+-- The fields this client reads, and how to find each in a lower-cased head.
+local WANTED = { "connection", "transfer-encoding", "content-length", "retry-after" }
+local WANTED_AT = {}
+for i, name in ipairs(WANTED) do
+  WANTED_AT[i] = "\n" .. name:gsub("%-", "%%-") .. "[ \t]*:[ \t]*([^\r\n]-)[ \t]*\r?\n"
+end
+
+-- The fields of a head that is wholly in buf: its lines from pos (after the
+-- status line's "\n") to the blank line ending at e. The same limits as
+-- read_fields, without a string per line: headers, or nil, err.
+local function quick_fields(buf, pos, e)
+  local from, n = pos, 0
+  -- a line takes at least 2 bytes: a short head is within both limits
+  while e - pos > 2 * (MAX_HEADERS - 1) do
+    local nl = find(buf, "\n", from, true)
+    if nl - from > MAX_LINE then return nil, LONG_LINE end
+    n = n + 1
+    if n > MAX_HEADERS then return nil, "too many response header fields" end
+    if nl >= e then break end
+    from = nl + 1
+  end
+  local head = lower(sub(buf, pos - 1, e))
+  local headers = new_table(0, 4)
+  for i = 1, #WANTED do
+    local v = match(head, WANTED_AT[i])
+    if v then headers[WANTED[i]] = v end
+  end
+  return headers
+end
+
 -- Status, headers and HTTP minor version of the final response (100 and 103
 -- are interim; other 1xx are refused), then buf, pos; or nil, err.
 local function read_head(sock, deadline, buf, pos)
@@ -118,7 +148,15 @@ local function read_head(sock, deadline, buf, pos)
     status = tonumber(status)
     if not status then return nil, "malformed status line from the server" end
     local headers
-    headers, buf, pos = read_fields(sock, deadline, b, e + 1)
+    local _, blank_end = find(b, "\n\r?\n", e)
+    if blank_end and blank_end - e <= MAX_LINE * MAX_HEADERS then -- the whole head is here
+      local err
+      headers, err = quick_fields(b, e + 1, blank_end)
+      if not headers then return nil, err end
+      buf, pos = b, blank_end + 1
+    else
+      headers, buf, pos = read_fields(sock, deadline, b, e + 1)
+    end
     if not headers then return nil, buf end
     if status >= 200 then return status, headers, minor, buf, pos end
     if status ~= 100 and status ~= 103 then return nil, "unexpected status " .. status end
