@@ -111,6 +111,7 @@ static int encode_identify(lua_State *L, sx_api api, int idx)
     sx_buf *b = scratch(L);
     sx_encode_identify(L, idx, idx, api, b);
     lua_pushlstring(L, b->data, b->len);
+    sx_buf_shrink(b);
     return 1;
 }
 
@@ -123,6 +124,7 @@ static int encode_track(lua_State *L, sx_api api, int email_idx, int idx)
     const char *email = email_idx ? sx_check_email(L, email_idx, email_idx, &elen) : NULL;
     sx_encode_track(L, idx, idx, api == SX_API_REST ? email : NULL, elen, b);
     lua_pushlstring(L, b->data, b->len);
+    sx_buf_shrink(b);
     return 1;
 }
 
