@@ -10,35 +10,39 @@
 #include <stdio.h>
 #include <string.h>
 
+/* 1 when the error on top is lua-cjson's verdict on the text ("Expected
+ * value but found invalid token at character 1", "Found too many nested data
+ * structures ..."), not an error that a finalizer raised meanwhile. */
+static int is_cjson_error(lua_State *L)
+{
+    const char *e = lua_tostring(L, -1);
+    return e != NULL && (strncmp(e, "Expected ", 9) == 0 || strncmp(e, "Found ", 6) == 0 ||
+                         strstr(e, "UTF-16") != NULL);
+}
+
 /* Decodes the body string (or nil) at `body` with lua-cjson and pushes the
  * value; returns 0 when it is not JSON, with cjson's message pushed instead.
- * A finalizer that raises during the decode (Lua 5.1-5.3 and LuaJIT raise at
- * the allocation) must not pass for bad JSON: cjson's verdict on a text is
- * the same every time, so a failure counts only once seen twice alike.
- * [-0, +1] */
+ * A finalizer that raises during the decode (Lua 5.1-5.3 raise at the
+ * allocation that runs it) must not pass for bad JSON: the decode is tried
+ * again. [-0, +1] */
 static int decode_body(lua_State *L, int body)
 {
     int i;
-    for (i = 0; i < 8; i++) {
+    for (i = 0;; i++) {
         lua_pushvalue(L, UV_DECODE);
         lua_pushvalue(L, body);
         if (lua_isnil(L, -1)) {
             lua_pop(L, 1);
             lua_pushliteral(L, "");
         }
-        if (lua_pcall(L, 1, 1, 0) == 0) {
-            if (i > 0)
-                lua_remove(L, -2); /* the earlier error */
+        if (lua_pcall(L, 1, 1, 0) == 0)
             return 1;
-        }
-        if (i > 0 && lua_rawequal(L, -1, -2)) {
-            lua_remove(L, -2);
+        if (is_cjson_error(L))
             return 0;
-        }
-        if (i > 0)
-            lua_remove(L, -2); /* keep the latest only */
+        if (i == 8)
+            lua_error(L); /* not about the text, again and again: out of memory */
+        lua_pop(L, 1);
     }
-    return 0;
 }
 
 /* 1 when the JSON text at idx is an object (its first non-blank byte is '{').
