@@ -3,6 +3,18 @@
 -- what is accepted is JSON that cjson decodes back to the same values; what
 -- is refused raises "bad argument #N to '...' (...)".
 local sendx = require "sendx"
+
+-- The text sendx sends for a number: a whole number as an integer, another
+-- float as the shortest text that reads back to the same value.
+local function number_text(x)
+  if x == math.floor(x) and x >= -2 ^ 63 and x < 2 ^ 63 then return string.format("%d", x) end
+  local s
+  for p = 15, 17 do
+    s = string.format("%." .. p .. "g", x)
+    if tonumber(s) == x then break end
+  end
+  return s
+end
 local cjson = require "cjson"
 local decode = cjson.new().decode
 
@@ -60,7 +72,7 @@ return function(s)
       assert(got == v, canon .. ": " .. tostring(got) .. " ~= " .. v)
     elseif canon == "customFields" then
       for ck, cv in pairs(v) do
-        local want = type(cv) == "boolean" and tostring(cv) or type(cv) == "number" and tostring(cv) or cv
+        local want = type(cv) == "boolean" and tostring(cv) or type(cv) == "number" and number_text(cv) or cv
         assert(got[ck] == want, "customFields." .. tostring(ck) .. ": " .. tostring(got[ck]) .. " ~= " .. tostring(want))
       end
     elseif canon == "tags" or canon == "addTags" or canon == "removeTags" then

@@ -161,21 +161,29 @@ describe("encode_identify", function()
       assert.equal('{"email":"e@x.io","customFields":{}}', encode { email = "e@x.io", customFields = {} })
     end)
 
-    it("send every value as a string the way Lua shows it", function()
+    it("send every value as a string, numbers the same on every Lua", function()
       local got = enc { email = "e@x.io", customFields = {
-        s = "x", i = 27, neg = -3, f = 1.5, big = 1e100, t = true, fl = false, z = 2.0 } }.customFields
-      assert.same({ s = "x", i = "27", neg = "-3", f = "1.5", big = tostring(1e100), t = "true",
-                    fl = "false", z = tostring(2.0) }, got)
+        s = "x", i = 27, neg = -3, f = 1.5, big = 1e100, t = true, fl = false, z = 2.0,
+        third = 1 / 3, tenth = 0.1, half = 27 / 2, whole = 54 / 2 } }.customFields
+      -- a whole number held as a float (from cjson.decode, or /) goes out as an
+      -- integer; another float as the shortest text that reads back the same
+      assert.same({ s = "x", i = "27", neg = "-3", f = "1.5", big = "1e+100", t = "true",
+                    fl = "false", z = "2", third = "0.3333333333333333", tenth = "0.1",
+                    half = "13.5", whole = "27" }, got)
       for _, v in pairs(got) do assert.is_string(v) end
     end)
 
     it("send large integers in full on every Lua version", function()
       local got = enc { email = "e@x.io", customFields = { a = 123456789012345, b = 2 ^ 53, c = -2 ^ 53 } }
       assert.equal("123456789012345", got.customFields.a)
-      if math.type then -- 2^53 is a float here, shown as tostring shows floats
-        assert.same({ tostring(2 ^ 53), tostring(-2 ^ 53) }, { got.customFields.b, got.customFields.c })
-      else -- no integer subtype: integral values up to 2^53 are integers, written in full
-        assert.same({ "9007199254740992", "-9007199254740992" }, { got.customFields.b, got.customFields.c })
+      assert.same({ "9007199254740992", "-9007199254740992" }, { got.customFields.b, got.customFields.c })
+    end)
+
+    it("refuse CR, LF and NUL in email and newEmail, as track does", function()
+      for _, bad in ipairs { "a\nb@x.io", "a\rb@x.io", "a\0b@x.io" } do
+        assert.matches("email: must not contain CR, LF or NUL", raised(encode, { email = bad }), 1, true)
+        assert.matches("newEmail: must not contain CR, LF or NUL",
+          raised(encode, { email = "ok@x.io", newEmail = bad }), 1, true)
       end
     end)
 
@@ -268,5 +276,22 @@ describe("client encoders", function()
     assert.matches("email: must not be empty", raised(function() return legacy:encode_track("", {}) end), 1, true)
     assert.matches("email: invalid UTF-8", raised(function() return legacy:encode_track("a\255@x.io", {}) end), 1, true)
     assert.matches("email: expected string, got nil", raised(function() return legacy:encode_track(nil, {}) end), 1, true)
+  end)
+end)
+
+describe("module encoders", function()
+  it("follow the configured api, and encode_track takes track's arguments", function()
+    local body = '{"addTags":["x"],"removeTags":[]}'
+    assert.equal(body, sendx.encode_track("a@x.io", { addTags = { "x" } }))
+    assert.equal(body, sendx.encode_track { addTags = { "x" } }) -- the older form
+    assert.matches("changes: expected table", raised(sendx.encode_track, nil), 1, true)
+    local birthday = { email = "a@x.io", birthday = "1989-03-03" }
+    assert.is_string(sendx.encode_identify(birthday))
+    sendx.configure { api = "rest", api_key = "k" } -- no credentials needed to follow the api
+    finally(function() sendx.configure { api_key = "k", team_id = "t", base_url = "http://127.0.0.1:9" } end)
+    assert.equal('{"email":"a@x.io","addTags":["x"],"removeTags":[]}',
+      sendx.encode_track("a@x.io", { addTags = { "x" } }))
+    assert.matches("email: required for api 'rest'", raised(sendx.encode_track, { addTags = {} }), 1, true)
+    assert.is_not_nil(raised(sendx.encode_identify, birthday)) -- REST has no birthday
   end)
 end)

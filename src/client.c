@@ -156,6 +156,7 @@ sx_client *sx_client_new(lua_State *L, int idx, int arg, int lazy)
                     o.api == SX_API_LEGACY ? "" : " for api 'rest'");
     c = lua_newuserdata(L, sizeof *c);
     memset(c, 0, sizeof *c);
+    c->api = o.api; /* known even without credentials: encode_* follow it */
     c->on_error_ref = LUA_NOREF;
     luaL_setmetatable(L, CLIENT_MT);
     if (sx_get_option(L, idx, "on_error"))

@@ -11,6 +11,7 @@
 
 #include <lauxlib.h>
 #include <math.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -108,43 +109,45 @@ static void add_json_string(lua_State *L, sx_buf *b, const char *s, size_t len, 
         sx_argerror(L, arg, "%s%s: invalid UTF-8 at byte %d", prefix, name, (int)bad);
 }
 
-/* Formats the number at idx as Lua's tostring shows it, into buf (64 bytes),
- * without creating a Lua string: encoding allocates nothing from Lua, so no
- * garbage collection step (and no finalizer) can run in the middle of it.
- * Integers are written in full on every version (5.1's "%.14g" would round
- * 123456789012345). */
+/* The digits of v into buf. */
+static size_t format_integer(long long v, char *buf)
+{
+    char tmp[24];
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    int i = 0, n = 0;
+    do { /* by hand: snprintf costs more than the rest of the encoding */
+        tmp[i++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (v < 0)
+        buf[n++] = '-';
+    while (i > 0)
+        buf[n++] = tmp[--i];
+    buf[n] = '\0';
+    return (size_t)n;
+}
+
+/* Formats the number at idx into buf (64 bytes), the same on every Lua:
+ * a whole number as an integer, held as an integer or as a float (27.0 from
+ * cjson or `/` is "27", 2^53 is "9007199254740992"); another float with the
+ * shortest text that reads back to the same double. Creates no Lua string:
+ * encoding allocates nothing from Lua, so no finalizer can run midway. */
 static size_t format_number(lua_State *L, int idx, char *buf)
 {
-    int n;
-    if (lua_isinteger(L, idx)) { /* digits by hand: snprintf costs more than the rest */
-        char tmp[24];
+    double d;
+    int n = 0, prec;
 #if LUA_VERSION_NUM >= 503
-        long long v = (long long)lua_tointeger(L, idx);
-#else
-        long long v = (long long)lua_tonumber(L, idx); /* integral, within 2^53 */
+    if (lua_isinteger(L, idx))
+        return format_integer((long long)lua_tointeger(L, idx), buf);
 #endif
-        unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-        int i = 0;
-        n = 0;
-        do {
-            tmp[i++] = (char)('0' + u % 10);
-            u /= 10;
-        } while (u != 0);
-        if (v < 0)
-            buf[n++] = '-';
-        while (i > 0)
-            buf[n++] = tmp[--i];
-        buf[n] = '\0';
-        return (size_t)n;
+    d = (double)lua_tonumber(L, idx);
+    if (d == floor(d) && d >= -9223372036854775808.0 && d < 9223372036854775808.0)
+        return format_integer((long long)d, buf);
+    for (prec = 15; prec <= 17; prec++) {
+        n = snprintf(buf, 60, "%.*g", prec, d);
+        if (strtod(buf, NULL) == d)
+            break;
     }
-    n = snprintf(buf, 60, "%.14g", (double)lua_tonumber(L, idx));
-#if LUA_VERSION_NUM >= 503
-    if (buf[strspn(buf, "-0123456789")] == '\0') { /* a float that looks like an int */
-        buf[n++] = '.';
-        buf[n++] = '0';
-        buf[n] = '\0';
-    }
-#endif
     return (size_t)n;
 }
 
@@ -454,6 +457,9 @@ static int add_field(lua_State *L, sx_buf *b, int arg, const field *f)
     s = want_string(L, arg, f->name, &len);
     if (f->type == T_EMAIL && len == 0)
         sx_argerror(L, arg, "%s: must not be empty", f->name);
+    /* as track's: an address with CR, LF or NUL is never one SendX accepts */
+    if (f->type == T_EMAIL && (strlen(s) != len || strpbrk(s, "\r\n") != NULL))
+        sx_argerror(L, arg, "%s: must not contain CR, LF or NUL", f->name);
     if (f->type == T_DATE)
         check_birthday(L, arg, s, len);
     add_json_string(L, b, s, len, arg, "", f->name);

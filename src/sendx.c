@@ -128,10 +128,23 @@ static int encode_track(lua_State *L, sx_api api, int email_idx, int idx)
     return 1;
 }
 
-/* sendx.encode_identify(contact) -> the legacy JSON body */
+/* The api of the module's default client once configured; legacy before.
+ * [-0, +0] */
+static sx_api default_api(lua_State *L)
+{
+    sx_client *c;
+    sx_api api;
+    lua_getfield(L, LUA_REGISTRYINDEX, DEFAULT_KEY);
+    c = luaL_testudata(L, -1, CLIENT_MT);
+    api = c != NULL ? c->api : SX_API_LEGACY;
+    lua_pop(L, 1);
+    return api;
+}
+
+/* sendx.encode_identify(contact) -> the body sendx.identify would send */
 static int l_encode_identify(lua_State *L)
 {
-    return encode_identify(L, SX_API_LEGACY, 1);
+    return encode_identify(L, default_api(L), 1);
 }
 
 /* client:encode_identify(contact) -> the JSON body this client would send */
@@ -140,10 +153,18 @@ static int l_client_encode_identify(lua_State *L)
     return encode_identify(L, sx_check_client(L, 1)->api, 2);
 }
 
-/* sendx.encode_track(changes) -> the legacy JSON body */
+/* sendx.encode_track(email, changes) -> the body sendx.track would send;
+ * sendx.encode_track(changes), the older form, for the legacy api */
 static int l_encode_track(lua_State *L)
 {
-    return encode_track(L, SX_API_LEGACY, 0, 1);
+    sx_api api = default_api(L);
+    if (lua_type(L, 1) != LUA_TSTRING) { /* the older form: changes first */
+        if (api == SX_API_REST)
+            return sx_argerror(L, 1, "email: required for api 'rest' "
+                                     "(call sendx.encode_track(email, changes))");
+        return encode_track(L, api, 0, 1);
+    }
+    return encode_track(L, api, 1, 2);
 }
 
 /* client:encode_track(email, changes) -> the JSON body this client would send */
