@@ -7,6 +7,7 @@
 #include <ctype.h>
 #include <stdarg.h>
 #include <string.h>
+#include <strings.h>
 
 int sx_argerror(lua_State *L, int arg, const char *fmt, ...)
 {
@@ -30,45 +31,77 @@ int sx_argerror(lua_State *L, int arg, const char *fmt, ...)
 
 static int lower(int c) { return tolower((unsigned char)c); }
 
-/* Case-insensitive edit distance, capped: enough to rank a handful of names. */
+/* Case-insensitive edit distance with transpositions (optimal string
+ * alignment), capped: enough to rank a handful of names. */
 static size_t distance(const char *a, const char *b)
 {
-    size_t la = strlen(a), lb = strlen(b), i, j, row[64];
+    size_t la = strlen(a), lb = strlen(b), i, j, m[64][64];
     if (la >= 63 || lb >= 63)
         return 99;
+    for (i = 0; i <= la; i++)
+        m[i][0] = i;
     for (j = 0; j <= lb; j++)
-        row[j] = j;
-    for (i = 1; i <= la; i++) {
-        size_t diag = row[0], up;
-        row[0] = i;
+        m[0][j] = j;
+    for (i = 1; i <= la; i++)
         for (j = 1; j <= lb; j++) {
-            size_t best = diag + (lower(a[i - 1]) != lower(b[j - 1]));
-            up = row[j];
-            if (up + 1 < best)
-                best = up + 1;
-            if (row[j - 1] + 1 < best)
-                best = row[j - 1] + 1;
-            diag = up;
-            row[j] = best;
+            size_t best = m[i - 1][j - 1] + (lower(a[i - 1]) != lower(b[j - 1]));
+            if (m[i - 1][j] + 1 < best)
+                best = m[i - 1][j] + 1;
+            if (m[i][j - 1] + 1 < best)
+                best = m[i][j - 1] + 1;
+            if (i > 1 && j > 1 && lower(a[i - 1]) == lower(b[j - 2]) &&
+                lower(a[i - 2]) == lower(b[j - 1]) && m[i - 2][j - 2] + 1 < best)
+                best = m[i - 2][j - 2] + 1;
+            m[i][j] = best;
         }
-    }
-    return row[lb];
+    return m[la][lb];
+}
+
+/* What people write for a field, and the field they mean. */
+static const char *const aliases[][2] = {
+    { "name", "firstName" },     { "first", "firstName" },   { "firstname", "firstName" },
+    { "first_name", "firstName" }, { "given_name", "firstName" }, { "last", "lastName" },
+    { "lastname", "lastName" },  { "last_name", "lastName" }, { "surname", "lastName" },
+    { "family_name", "lastName" }, { "tag", "tags" },          { "mail", "email" },
+    { "e_mail", "email" },       { "dob", "birthday" },       { "birthdate", "birthday" },
+    { "custom", "customFields" }, { "fields", "customFields" }, { "add", "addTags" },
+    { "remove", "removeTags" },  { "retry", "retries" },     { "key", "api_key" },
+    { "apikey", "api_key" },     { "team", "team_id" },       { "url", "base_url" },
+};
+
+static int listed(const char *const *names, const char *name)
+{
+    for (; *names != NULL; names++)
+        if (strcmp(*names, name) == 0)
+            return 1;
+    return 0;
 }
 
 int sx_unknown_field(lua_State *L, int arg, const char *prefix, const char *key,
                      const char *const *names)
 {
     const char *best = NULL;
-    size_t bestd = (size_t)-1, limit = strlen(key) / 3 + 2;
-    for (; *names != NULL; names++) {
-        size_t d = distance(key, *names);
+    size_t bestd = (size_t)-1, limit = strlen(key) / 3, i;
+    const char *const *n;
+    for (i = 0; i < sizeof aliases / sizeof aliases[0]; i++)
+        if (strcasecmp(key, aliases[i][0]) == 0 && listed(names, aliases[i][1])) {
+            best = aliases[i][1];
+            bestd = 0;
+        }
+    for (n = names; bestd != 0 && *n != NULL; n++) {
+        size_t d = distance(key, *n);
         if (d < bestd) {
             bestd = d;
-            best = *names;
+            best = *n;
         }
     }
+    if (limit < 1)
+        limit = 1; /* only close matches: "name" is not "tags" */
     if (best != NULL && bestd <= limit)
         return sx_argerror(L, arg, "%s%s: unknown field (did you mean '%s'?)",
                            prefix, key, best);
+    if (listed(names, "customFields")) /* a contact: any other field is a custom one */
+        return sx_argerror(L, arg, "%s%s: unknown field (other fields go in customFields: "
+                           "customFields = { %s = ... })", prefix, key, key);
     return sx_argerror(L, arg, "%s%s: unknown field", prefix, key);
 }

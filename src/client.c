@@ -8,6 +8,7 @@
 #include "results.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -18,9 +19,26 @@
  * Lifecycle
  * ------------------------------------------------------------------------ */
 
+/* client.identify{...} (a dot for a colon) passes the contact as the client:
+ * say how to call a method. */
+static void check_is_client(lua_State *L, int idx)
+{
+    lua_Debug ar;
+    const char *name = "identify";
+    if (luaL_testudata(L, idx, CLIENT_MT) != NULL)
+        return;
+    if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar) && ar.name != NULL)
+        name = ar.name;
+    luaL_argerror(L, idx, lua_pushfstring(L, "sendx.client expected, got %s (use client:%s(...))",
+                                          luaL_typename(L, idx), name));
+}
+
 sx_client *sx_check_client_at(lua_State *L, int idx, int level)
 {
-    sx_client *c = luaL_checkudata(L, idx, CLIENT_MT);
+    sx_client *c;
+    if (idx == 1 && level == 1)
+        check_is_client(L, idx);
+    c = luaL_checkudata(L, idx, CLIENT_MT);
     const char *why = c->missing != NULL ? c->missing : !c->open ? "sendx: client is closed" : NULL;
     if (why != NULL) {
         luaL_where(L, level);
@@ -151,9 +169,14 @@ sx_client *sx_client_new(lua_State *L, int idx, int arg, int lazy)
     sx_client *c;
     sx_read_config(L, idx, arg, lazy, &o);
     missing = missing_credential(&o);
-    if (missing != NULL && !lazy)
+    if (missing != NULL && !lazy) {
+        const char *var = missing[0] == 'a' ? "SENDX_API_KEY" : "SENDX_TEAM_ID", *v = getenv(var);
+        if (v != NULL && *v != '\0') /* configure reads it; new does not, on purpose */
+            sx_argerror(L, arg, "%s: required (sendx.new does not read %s: pass %s, or use "
+                        "sendx.configure, which does)", missing, var, missing);
         sx_argerror(L, arg, "%s: required%s", missing,
                     o.api == SX_API_LEGACY ? "" : " for api 'rest'");
+    }
     c = lua_newuserdata(L, sizeof *c);
     memset(c, 0, sizeof *c);
     c->api = o.api; /* known even without credentials: encode_* follow it */

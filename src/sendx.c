@@ -71,10 +71,28 @@ static int l_client_tostring(lua_State *L)
  * identify, track
  * ------------------------------------------------------------------------ */
 
+#define MODULE_KEY "sendx.module" /* registry: the module table */
+
+/* sendx:identify{...} passes the module as the contact: say so, the same way
+ * on every Lua. [-0, +0] */
+static void not_the_module(lua_State *L, const char *fname)
+{
+    int same;
+    if (!lua_istable(L, 1))
+        return;
+    lua_getfield(L, LUA_REGISTRYINDEX, MODULE_KEY);
+    same = lua_rawequal(L, 1, -1);
+    lua_pop(L, 1);
+    if (same)
+        luaL_error(L, "sendx.%s: called with ':' on the module (use sendx.%s(...), or "
+                      "client:%s(...) on a client from sendx.new)", fname, fname, fname);
+}
+
 /* sendx.identify(contact) -> res | nil, message, info */
 static int l_identify(lua_State *L)
 {
     sx_client *c;
+    not_the_module(L, "identify");
     lua_settop(L, 1);
     c = sx_default_client(L);
     return sx_do_identify(L, c, 1);
@@ -90,6 +108,7 @@ static int l_client_identify(lua_State *L)
 static int l_track(lua_State *L)
 {
     sx_client *c;
+    not_the_module(L, "track");
     lua_settop(L, 2);
     c = sx_default_client(L);
     return sx_do_track(L, c, 1);
@@ -181,6 +200,7 @@ static int l_client_encode_track(lua_State *L)
 static int l_identify_async(lua_State *L)
 {
     sx_client *c;
+    not_the_module(L, "identify_async");
     lua_settop(L, 2);
     c = sx_default_client(L);
     return sx_do_identify_async(L, c, 1);
@@ -196,6 +216,7 @@ static int l_client_identify_async(lua_State *L)
 static int l_track_async(lua_State *L)
 {
     sx_client *c;
+    not_the_module(L, "track_async");
     lua_settop(L, 3);
     c = sx_default_client(L);
     return sx_do_track_async(L, c, 1);
@@ -355,6 +376,8 @@ SENDX_EXPORT int luaopen_sendx(lua_State *L)
     luaL_setfuncs(L, module_functions, 2);
     lua_pushliteral(L, SENDX_VERSION);
     lua_setfield(L, -2, "version");
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, MODULE_KEY);
     sx_install_resty(L);
     return 1;
 }
