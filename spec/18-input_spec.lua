@@ -36,10 +36,11 @@ describe("a new user's mistakes", function()
 
   it("hear how to call a method when they use a dot", function()
     local c = sendx.new { api_key = "k", team_id = "t", base_url = "http://127.0.0.1:9" }
+    -- not tail calls: LuaJIT names no function called in a tail call
     assert.matches("sendx.client expected, got table (use client:identify(...))",
-      raised(function() return c.identify { email = "a@example.com" } end), 1, true)
+      raised(function() local r = c.identify { email = "a@example.com" } return r end), 1, true)
     assert.matches("(use client:track(...))",
-      raised(function() return c.track("a@example.com", {}) end), 1, true)
+      raised(function() local r = c.track("a@example.com", {}) return r end), 1, true)
     c:close()
   end)
 
