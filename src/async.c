@@ -602,7 +602,7 @@ void sx_async_free(sx_async *a)
     teardown(a);
 }
 
-void sx_async_abandon(sx_async *a)
+void sx_async_disown(sx_async *a)
 {
     /* Our copy of the descriptor only; the parent's stays open. */
     close(a->efd);

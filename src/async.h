@@ -3,7 +3,7 @@
  * thread per client that sends them with libcurl's multi interface.
  *
  * Knows nothing of Lua: the worker never enters Lua. Jobs go in with
- * sx_async_submit and come back, completed (or abandoned at shutdown), with
+ * sx_async_submit and come back, completed (or cut short at shutdown), with
  * sx_async_take; the caller turns them into Lua values on its own thread.
  */
 #ifndef SENDX_ASYNC_H
@@ -85,7 +85,7 @@ void sx_async_free(sx_async *a);
 /* In a forked child: lets go of the parent's worker state without touching
  * its lock, thread or connections (they are the parent's; the memory is
  * leaked, once per fork). */
-void sx_async_abandon(sx_async *a);
+void sx_async_disown(sx_async *a);
 
 /* The process that created a. */
 pid_t sx_async_pid(const sx_async *a);

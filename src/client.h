@@ -90,7 +90,7 @@ int sx_do_track(lua_State *L, sx_client *c, int arg);
 
 /* ---- client_async.c: the Lua side of the background worker ---- */
 
-/* Lets go of the worker: stopped and freed, or abandoned in a forked child.
+/* Lets go of the worker: stopped and freed, or disowned in a forked child.
  * [-0, +0] */
 void sx_drop_async(lua_State *L, sx_client *c);
 

@@ -28,7 +28,7 @@ void sx_drop_async(lua_State *L, sx_client *c)
         return;
     c->async = NULL;
     if (sx_async_pid(a) != getpid()) {
-        sx_async_abandon(a);
+        sx_async_disown(a);
         return;
     }
     sx_async_stop(a);

@@ -33,11 +33,6 @@ void luaL_setmetatable(lua_State *L, const char *tname);
 #define luaL_len(L, i) ((lua_Integer)lua_objlen(L, (i)))
 #define lua_absindex(L, i) \
     (((i) > 0 || (i) <= LUA_REGISTRYINDEX) ? (i) : lua_gettop(L) + (i) + 1)
-/* 5.1 cannot tell whether the collector runs: taken as running (a program
- * that stopped it finds it restarted after a call's results are built) */
-#define sx_gc_running(L) 1
-#else
-#define sx_gc_running(L) lua_gc((L), LUA_GCISRUNNING, 0)
 
 #endif /* < 5.2 */
 
