@@ -5,13 +5,9 @@ local sendx = require "sendx"
 local helpers = require "spec.helpers"
 
 local raised, now = helpers.raised, helpers.now
-local KEY = "sk-live-0123456789abcdefWXYZ"
+local KEY = helpers.KEY
 
-local function new(over)
-  local o = { api_key = KEY, team_id = "team-1", base_url = "http://127.0.0.1:9/api/v1" }
-  for k, v in pairs(over or {}) do o[k] = v end
-  return sendx.new(o)
-end
+local function new(over) return helpers.offline_client(sendx, over) end
 
 describe("options", function()
   it("refuse unknown names, suggesting the nearest", function()

@@ -7,21 +7,9 @@ local helpers = require "spec.helpers"
 
 local now = helpers.now
 
-if os.getenv("SENDX_TEST_LUA_VERSION") ~= "jit" then
-  describe("openresty", function()
-    pending("runs in the LuaJIT pass (make test-one LUA_VERSION=jit builds the module nginx loads)")
-  end)
-  return
-end
+if openresty.skip_outside_jit("openresty", describe, pending) then return end
 
--- Lua source for a value: strings, numbers, booleans and tables of them.
-local function lit(v)
-  if type(v) == "string" then return string.format("%q", v) end
-  if type(v) ~= "table" then return tostring(v) end
-  local out = {}
-  for k, x in pairs(v) do out[#out + 1] = "[" .. lit(k) .. "] = " .. lit(x) end
-  return "{" .. table.concat(out, ", ") .. "}"
-end
+local lit = openresty.lit
 
 describe("openresty", function()
   local m, app, dns_port, stop_dns

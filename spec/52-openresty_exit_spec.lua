@@ -8,12 +8,7 @@ local openresty = require "spec.support.openresty"
 local helpers = require "spec.helpers"
 local sleep = require("socket").sleep
 
-if os.getenv("SENDX_TEST_LUA_VERSION") ~= "jit" then
-  describe("openresty exit", function()
-    pending("runs in the LuaJIT pass (make test-one LUA_VERSION=jit builds the module nginx loads)")
-  end)
-  return
-end
+if openresty.skip_outside_jit("openresty exit", describe, pending) then return end
 
 local function alive(pid)
   return os.execute("kill -0 " .. pid .. " 2>/dev/null") == 0 or os.execute("kill -0 " .. pid .. " 2>/dev/null") == true

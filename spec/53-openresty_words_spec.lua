@@ -4,12 +4,7 @@
 local mock = require "tools.mock"
 local openresty = require "spec.support.openresty"
 
-if os.getenv("SENDX_TEST_LUA_VERSION") ~= "jit" then
-  describe("openresty words", function()
-    pending("runs in the LuaJIT pass (make test-one LUA_VERSION=jit builds the module nginx loads)")
-  end)
-  return
-end
+if openresty.skip_outside_jit("openresty words", describe, pending) then return end
 
 describe("openresty words", function()
   local m, app

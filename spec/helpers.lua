@@ -27,6 +27,16 @@ function helpers.raised(f, ...)
   return tostring(err)
 end
 
+helpers.KEY = "sk-live-0123456789abcdefWXYZ"
+
+-- A client that never reaches a server (a closed loopback port); `over`
+-- overrides options.
+function helpers.offline_client(sendx, over)
+  local o = { api_key = helpers.KEY, team_id = "team-1", base_url = "http://127.0.0.1:9/api/v1" }
+  for k, v in pairs(over or {}) do o[k] = v end
+  return sendx.new(o)
+end
+
 -- A client against a running mock; `over` overrides options.
 function helpers.client(sendx, m, over)
   local opts = { api_key = m.api_key, team_id = m.team_id, base_url = m.url }

@@ -66,6 +66,26 @@ function App:log()
   return s
 end
 
+-- Lua source for a value: strings, numbers, booleans and tables of them.
+function M.lit(v)
+  if type(v) == "string" then return string.format("%q", v) end
+  if type(v) ~= "table" then return tostring(v) end
+  local out = {}
+  for k, x in pairs(v) do out[#out + 1] = "[" .. M.lit(k) .. "] = " .. M.lit(x) end
+  return "{" .. table.concat(out, ", ") .. "}"
+end
+
+-- True outside the LuaJIT pass, after registering a pending `name` block: the
+-- module nginx loads is the LuaJIT build (make test-one LUA_VERSION=jit).
+-- describe and pending are the spec file's (busted puts them in its env).
+function M.skip_outside_jit(name, describe, pending)
+  if os.getenv("SENDX_TEST_LUA_VERSION") == "jit" then return false end
+  describe(name, function()
+    pending("runs in the LuaJIT pass (make test-one LUA_VERSION=jit builds the module nginx loads)")
+  end)
+  return true
+end
+
 function App:stop()
   self.server:stop()
 end
