@@ -272,8 +272,10 @@ describe("parity of the transports", function()
           got[#got + 1] = { msg = msg, kind = info and info.kind }
         end))
       end
+      local f_ok, f_err = c:flush(0.1) -- bounded too: the calls stay queued
+      local flushed = { ok = f_ok or false, err = f_err }
       local ok, err = c:close(0.3)
-      return { ok = ok, err = err, got = got }
+      return { ok = ok, err = err, got = got, flushed = flushed }
     ]]
     arm({ { delay = 3, times = 10 } }, true)
     local t0 = gettime()
@@ -284,6 +286,7 @@ describe("parity of the transports", function()
     assert.is_true(gettime() - t0 < 8)
     assert.is_nil(here.ok)
     assert.equal("timeout", here.err)
+    assert.same({ ok = false, err = "timeout" }, here.flushed)
     assert.equal(3, #here.got)
     for _, g in ipairs(here.got) do
       assert.same({ msg = "sendx: shutdown error: the client was closed before the call completed",

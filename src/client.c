@@ -19,26 +19,25 @@
  * Lifecycle
  * ------------------------------------------------------------------------ */
 
-/* client.identify{...} (a dot for a colon) passes the contact as the client:
- * say how to call a method. */
-static void check_is_client(lua_State *L, int idx)
+/* The client at idx; client.identify{...} (a dot for a colon) passes the
+ * contact as the client: the error says how to call a method. */
+static sx_client *to_client(lua_State *L, int idx)
 {
     lua_Debug ar;
     const char *name = "identify";
-    if (luaL_testudata(L, idx, CLIENT_MT) != NULL)
-        return;
+    sx_client *c = luaL_testudata(L, idx, CLIENT_MT);
+    if (c != NULL)
+        return c;
     if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar) && ar.name != NULL)
         name = ar.name;
     luaL_argerror(L, idx, lua_pushfstring(L, "sendx.client expected, got %s (use client:%s(...))",
                                           luaL_typename(L, idx), name));
+    return luaL_checkudata(L, idx, CLIENT_MT); /* not reached: argerror raised */
 }
 
 sx_client *sx_check_client_at(lua_State *L, int idx, int level)
 {
-    sx_client *c;
-    if (idx == 1 && level == 1)
-        check_is_client(L, idx);
-    c = luaL_checkudata(L, idx, CLIENT_MT);
+    sx_client *c = to_client(L, idx);
     const char *why = c->missing != NULL ? c->missing : !c->open ? "sendx: client is closed" : NULL;
     if (why != NULL) {
         luaL_where(L, level);
