@@ -10,6 +10,10 @@
 #                        --exclude-tags=slow, --filter=...; BUILD: another build directory)
 #   make test-all        test-one for every Lua version in LUA_VERSIONS
 #   make demo            install what is missing, start the mock server, run examples/quickstart.lua
+#   make run             build, then run EXAMPLE (examples/quickstart.lua, game_loop.lua,
+#                        embed/host.c or openresty/nginx.conf) against a fresh mock server with
+#                        this build first on the module paths (ARGS: its arguments; MOCK=no:
+#                        against what SENDX_API_KEY, SENDX_TEAM_ID and SENDX_BASE_URL name)
 #   make embed-tsan      build examples/embed under ThreadSanitizer and run it against the mock
 #   make bench           benchmarks against the limit and the peers (bench/RESULTS.md)
 #   make test-asan       the Lua 5.4 suite under ASan + UBSan, once with aggressive GC
@@ -18,10 +22,16 @@
 #   make check           cppcheck, clang-tidy, warning-free gcc and clang builds
 #   make fuzz            libFuzzer: the encoder and the response path, FUZZ_SECONDS each
 #   make install         install sendx.so and sendx/resty.lua under $(DESTDIR)$(PREFIX)
+#   make rock            luarocks make, in a temporary copy (nothing is left here; LUAROCKS_FLAGS)
 
 LUA_VERSION ?= 5.4
 LUA_VERSIONS = 5.1 5.2 5.3 5.4 jit
+ifeq ($(LUA_VERSION),luajit)
+override LUA_VERSION := jit
+endif
 
+# The LuaJIT build uses the 5.1 shims of src/compat.h too, so it needs nothing
+# that PUC Lua 5.1 lacks: the one sendx.so in lib/lua/5.1 loads in both.
 ifeq ($(LUA_VERSION),jit)
 LUA         ?= luajit
 LUA_INCDIR  ?= /usr/include/luajit-2.1
@@ -54,7 +64,7 @@ MODULE  = $(BUILD)/sendx.so
 
 BUSTED_ARGS ?=
 
-.PHONY: all check fuzz test-valgrind test ci test-one test-all test-asan demo embed embed-tsan bench install uninstall clean
+.PHONY: all check fuzz test-valgrind test ci test-one test-all test-asan demo run embed embed-tsan bench install uninstall rock clean
 
 all: $(MODULE)
 
@@ -63,6 +73,8 @@ $(MODULE): $(SOURCES) $(HEADERS) Makefile
 	$(CC) $(DEFINES) -fPIC -shared -fvisibility=hidden \
 	  $(CFLAGS) $(WARNINGS) $(WERROR) -I$(LUA_INCDIR) $(CURL_CFLAGS) \
 	  -o $@ $(SOURCES) $(CURL_LIBS) -lpthread
+	@if [ -e sendx.so ]; then echo "sendx: warning: ./sendx.so (from luarocks make here?) comes first" \
+	  "on require's default path from this directory: make clean removes it" >&2; fi
 
 # The fast loop: the whole suite on Lua 5.4, then the specs that only run on
 # LuaJIT (FAST_JIT_SPECS: OpenResty's), without the specs tagged #slow (those
@@ -106,17 +118,57 @@ test-one:
 
 demo:
 	@.ci/install-deps demo
-	@$(MAKE) --no-print-directory $(MODULE)
-	@LUA_CPATH="$(BUILD)/?.so;;" LUA_PATH="src/?.lua;;" $(LUA) tools/mock/with_mock.lua \
-	  $(LUA) examples/quickstart.lua
+	@$(MAKE) --no-print-directory run EXAMPLE=examples/quickstart.lua
+
+# An example, run as its header says: `make run EXAMPLE=examples/game_loop.lua`.
+# Lua scripts and the C host run under tools/mock/with_mock.lua (the mock's URL
+# and credentials in SENDX_BASE_URL, SENDX_API_KEY, SENDX_TEAM_ID), or with
+# MOCK=no against what the environment names; this build comes first on the
+# module paths (LUA_CPATH and LUA_PATH, and LUA_CPATH_5_x / LUA_PATH_5_x when
+# set, which Lua reads instead). examples/openresty/run.lua runs the nginx
+# example (LuaJIT build) against a mock of its own (ARGS=rest: the REST API).
+EXAMPLE ?= examples/quickstart.lua
+ARGS    ?=
+MOCK    ?= yes
+WITH_MOCK = $(if $(filter no,$(MOCK)),,$(LUA) tools/mock/with_mock.lua)
+LUA_ENV_V = $(subst .,_,$(LUA_ABI))
+RUN_CPATH = $(abspath $(BUILD))/?.so
+RUN_LPATH = $(CURDIR)/src/?.lua
+RUN_PATHS = export LUA_CPATH="$(RUN_CPATH);$${LUA_CPATH:-;}" LUA_PATH="$(RUN_LPATH);$${LUA_PATH:-;}"; \
+  if [ -n "$${LUA_CPATH_$(LUA_ENV_V)+x}" ]; then export LUA_CPATH_$(LUA_ENV_V)="$(RUN_CPATH);$$LUA_CPATH_$(LUA_ENV_V)"; fi; \
+  if [ -n "$${LUA_PATH_$(LUA_ENV_V)+x}" ]; then export LUA_PATH_$(LUA_ENV_V)="$(RUN_LPATH);$$LUA_PATH_$(LUA_ENV_V)"; fi
+ifeq ($(LUA_VERSION),jit)
+OPENRESTY_BUILD ?= $(BUILD)
+else
+OPENRESTY_BUILD ?= build/luajit
+endif
+run:
+	@case "$(EXAMPLE)" in \
+	  *openresty/*) \
+	    $(MAKE) --no-print-directory $(OPENRESTY_BUILD)/sendx.so LUA_VERSION=jit BUILD=$(OPENRESTY_BUILD) && \
+	    $(LUA) examples/openresty/run.lua $(abspath $(OPENRESTY_BUILD)) $(ARGS) ;; \
+	  *embed/host.c) \
+	    $(MAKE) --no-print-directory $(BUILD)/embed-host && $(WITH_MOCK) $(BUILD)/embed-host $(ARGS) ;; \
+	  *.lua) \
+	    $(MAKE) --no-print-directory $(MODULE) && $(RUN_PATHS) && $(WITH_MOCK) $(LUA) $(EXAMPLE) $(ARGS) ;; \
+	  *) echo "sendx: make run: EXAMPLE=$(EXAMPLE): not an example (examples/*.lua," \
+	       "examples/embed/host.c, examples/openresty/nginx.conf)" >&2; exit 2 ;; \
+	esac
 
 # A C host that embeds Lua 5.4 and links the module in (see examples/embed).
 EMBED_LUA ?= 5.4
 EMBED_FLAGS ?= -O1 -g
-build/embed/%: examples/embed/host.c $(SOURCES) $(HEADERS) Makefile
-	@mkdir -p build/embed
+define EMBED_BUILD
+	@mkdir -p $(@D)
 	$(CC) $(DEFINES) $(EMBED_FLAGS) $(WARNINGS) $(WERROR) -I/usr/include/lua$(EMBED_LUA) -Isrc \
 	  $(CURL_CFLAGS) -o $@ examples/embed/host.c $(SOURCES) $(CURL_LIBS) -llua$(EMBED_LUA) -lm -lpthread
+endef
+build/embed/%: examples/embed/host.c $(SOURCES) $(HEADERS) Makefile
+	$(EMBED_BUILD)
+
+# the host `make run EXAMPLE=examples/embed/host.c` runs, beside its build
+$(BUILD)/embed-host: examples/embed/host.c $(SOURCES) $(HEADERS) Makefile
+	$(EMBED_BUILD)
 
 embed: build/embed/host
 
@@ -211,5 +263,18 @@ install: $(MODULE)
 uninstall:
 	rm -f $(DESTDIR)$(INSTALL_CMOD)/sendx.so $(addprefix $(DESTDIR)$(INSTALL_LMOD)/sendx/,$(notdir $(LUA_MODULES)))
 
+# luarocks' builtin build compiles next to the sources (src/*.o) and links
+# ./sendx.so, which `require` run from here would then find before any build:
+# so this runs `luarocks make` in a temporary copy. LUAROCKS_FLAGS: --local,
+# --tree=DIR, ...; LUA_VERSION picks the Lua (jit: the 5.1 tree).
+LUAROCKS ?= luarocks
+LUAROCKS_FLAGS ?=
+rock:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	cp -R src sendx-scm-1.rockspec "$$tmp" && cd "$$tmp" && \
+	$(LUAROCKS) --lua-version=$(LUA_ABI) make --deps-mode=none $(LUAROCKS_FLAGS) sendx-scm-1.rockspec
+
+# sendx.so and src/*.o: what `luarocks make` run in the checkout leaves
 clean:
 	rm -rf build
+	rm -f sendx.so src/*.o

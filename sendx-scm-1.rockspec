@@ -1,5 +1,9 @@
--- Build and install offline with:  luarocks make --deps-mode=none sendx-scm-1.rockspec
--- (--deps-mode=none because lua-cjson then comes from the system, e.g. Debian's lua-cjson.)
+-- Build and install offline with:  make rock  (LUA_VERSION=5.4, LUAROCKS_FLAGS=--local ...)
+-- which runs `luarocks --lua-version=5.4 make --deps-mode=none sendx-scm-1.rockspec` in a
+-- temporary copy of src/ and this file: the builtin build writes src/*.o and ./sendx.so
+-- where it runs (LuaRocks 3 cannot be told otherwise), and that ./sendx.so would come
+-- first for `require` run from the checkout. After a plain `luarocks make` here, run
+-- `make clean`. (--deps-mode=none: lua-cjson comes from the system, e.g. Debian's lua-cjson.)
 rockspec_format = "3.0"
 package = "sendx"
 version = "scm-1"

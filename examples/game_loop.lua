@@ -3,9 +3,13 @@
 -- sent by the client's background thread; their callbacks run in poll(),
 -- once per tick, on this thread.
 --
---   lua5.4 tools/mock/with_mock.lua lua5.4 examples/game_loop.lua   -- against the mock
---   SENDX_API_KEY=... SENDX_TEAM_ID=... lua5.4 examples/game_loop.lua [SECONDS]
+--   make run EXAMPLE=examples/game_loop.lua            -- 2 s against a local mock SendX
+--   make run EXAMPLE=examples/game_loop.lua ARGS=10    -- for 10 seconds
+--   SENDX_API_KEY=... SENDX_TEAM_ID=... make run EXAMPLE=examples/game_loop.lua MOCK=no
+--                                                      -- against SendX itself
 --
+-- (`make run` builds the module for LUA_VERSION, 5.4 by default, and runs this
+-- script with that build first on the module paths.)
 -- Prints, at the end, how much of each 16.7 ms tick the sendx calls took.
 local sendx = require "sendx"
 local socket = require "socket" -- for a clock and a sleep; a game engine has its own
@@ -37,7 +41,7 @@ while socket.gettime() - start < seconds do
     local level = math.floor(ticks / 10)
     local player = "player" .. level .. "@example.com"
     local ok = client:identify_async({ email = player, customFields = { Level = level } }, on_result)
-    if ok then ok = client:track_async(player, { addTags = { "Active" } }, on_result) end
+    if ok then ok = client:track_async(player, { addTags = { "sendx-example-active" } }, on_result) end
     if not ok then refused = refused + 1 end -- queue full: counted, never blocking
   end
   client:poll() -- callbacks of what completed since the last tick

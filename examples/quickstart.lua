@@ -1,9 +1,14 @@
 -- quickstart.lua: identify a contact, tag it, and print what SendX answered.
 --
---   make demo                                  -- against the local mock server
---   SENDX_API_KEY=... SENDX_TEAM_ID=... lua5.4 examples/quickstart.lua   -- the real API
+--   make run EXAMPLE=examples/quickstart.lua            -- against a local mock SendX
+--   SENDX_API_KEY=... SENDX_TEAM_ID=... make run EXAMPLE=examples/quickstart.lua MOCK=no
+--                                                       -- against SendX itself
 --
--- The module-level calls read SENDX_API_KEY, SENDX_TEAM_ID and SENDX_BASE_URL.
+-- `make run` builds the module (LUA_VERSION=5.4 by default: 5.1 5.2 5.3 jit) and
+-- runs this script with that build first on the module paths; `make demo` is the
+-- first line. The module-level calls read SENDX_API_KEY, SENDX_TEAM_ID and
+-- SENDX_BASE_URL. The address is example.com's and the tags are this example's
+-- own: tags can start automations on SendX's side.
 local sendx = require "sendx"
 
 -- Prints a Lua value readably, tables sorted by key.
@@ -35,19 +40,19 @@ end
 
 print("sendx " .. sendx.version .. " on " .. _VERSION)
 print("request body: " .. sendx.encode_identify {
-  email = "john.doe@gmail.com", firstName = "John", tags = { "Developer" } })
+  email = "jane.doe@example.com", firstName = "Jane", tags = { "sendx-example" } })
 
 local ok = report("identify", sendx.identify {
-  email = "john.doe@gmail.com",
-  firstName = "John",
+  email = "jane.doe@example.com",
+  firstName = "Jane",
   lastName = "Doe",
   customFields = { Designation = "Software Engineer", Age = 27 },
-  tags = { "Developer", "trial user" },
+  tags = { "sendx-example", "sendx-example-trial" },
 })
 
-ok = report("track", sendx.track("john.doe@gmail.com", {
-  addTags = { "paid user" },
-  removeTags = { "trial user" },
+ok = report("track", sendx.track("jane.doe@example.com", {
+  addTags = { "sendx-example-paid" },
+  removeTags = { "sendx-example-trial" },
 })) and ok
 
 os.exit(ok and 0 or 1)

@@ -63,11 +63,35 @@ static const char *const aliases[][2] = {
     { "first_name", "firstName" }, { "given_name", "firstName" }, { "last", "lastName" },
     { "lastname", "lastName" },  { "last_name", "lastName" }, { "surname", "lastName" },
     { "family_name", "lastName" }, { "tag", "tags" },          { "mail", "email" },
-    { "e_mail", "email" },       { "dob", "birthday" },       { "birthdate", "birthday" },
+    { "e_mail", "email" },       { "email_address", "email" }, { "emailaddress", "email" },
+    { "company_name", "company" }, { "companyname", "company" }, { "organization", "company" },
+    { "organisation", "company" }, { "dob", "birthday" },     { "birthdate", "birthday" },
+    { "birth_date", "birthday" }, { "date_of_birth", "birthday" },
     { "custom", "customFields" }, { "fields", "customFields" }, { "add", "addTags" },
-    { "remove", "removeTags" },  { "retry", "retries" },     { "key", "api_key" },
+    { "remove", "removeTags" },  { "tags", "addTags" },      { "tag", "addTags" },
+    { "retry", "retries" },     { "key", "api_key" },
     { "apikey", "api_key" },     { "team", "team_id" },       { "url", "base_url" },
 };
+
+/* A key Lua reads bare in a table constructor: a name, not a reserved word. */
+static int bare_key(const char *k)
+{
+    static const char *const reserved[] = {
+        "and", "break", "do", "else", "elseif", "end", "false", "for", "function", "goto", "if",
+        "in", "local", "nil", "not", "or", "repeat", "return", "then", "true", "until", "while",
+        NULL,
+    };
+    const char *p = k;
+    const char *const *r;
+    if (!isalpha((unsigned char)*p) && *p != '_')
+        return 0;
+    while (isalnum((unsigned char)*p) || *p == '_')
+        p++;
+    for (r = reserved; *r != NULL && *p == '\0'; r++)
+        if (strcmp(*r, k) == 0)
+            return 0;
+    return *p == '\0';
+}
 
 static int listed(const char *const *names, const char *name)
 {
@@ -100,8 +124,11 @@ int sx_unknown_field(lua_State *L, int arg, const char *prefix, const char *key,
     if (best != NULL && bestd <= limit)
         return sx_argerror(L, arg, "%s%s: unknown field (did you mean '%s'?)",
                            prefix, key, best);
-    if (listed(names, "customFields")) /* a contact: any other field is a custom one */
+    if (listed(names, "customFields")) { /* a contact: any other field is a custom one */
+        int bare = bare_key(key);
         return sx_argerror(L, arg, "%s%s: unknown field (other fields go in customFields: "
-                           "customFields = { %s = ... })", prefix, key, key);
+                           "customFields = { %s%s%s = ... })", prefix, key,
+                           bare ? "" : "[\"", key, bare ? "" : "\"]");
+    }
     return sx_argerror(L, arg, "%s%s: unknown field", prefix, key);
 }

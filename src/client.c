@@ -21,23 +21,23 @@
 
 /* The client at idx; client.identify{...} (a dot for a colon) passes the
  * contact as the client: the error says how to call a method. */
-static sx_client *to_client(lua_State *L, int idx)
+sx_client *sx_to_client(lua_State *L, int idx, const char *method)
 {
     lua_Debug ar;
-    const char *name = "identify";
     sx_client *c = luaL_testudata(L, idx, CLIENT_MT);
     if (c != NULL)
         return c;
-    if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar) && ar.name != NULL)
-        name = ar.name;
+    if (method == NULL) /* from the debug info, which a tail call or a pcall lacks */
+        method = lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar) && ar.name != NULL
+                     ? ar.name : "identify";
     luaL_argerror(L, idx, lua_pushfstring(L, "sendx.client expected, got %s (use client:%s(...))",
-                                          luaL_typename(L, idx), name));
+                                          luaL_typename(L, idx), method));
     return luaL_checkudata(L, idx, CLIENT_MT); /* not reached: argerror raised */
 }
 
-sx_client *sx_check_client_at(lua_State *L, int idx, int level)
+/* Raise (at level) unless c is open and complete. */
+static void check_open(lua_State *L, const sx_client *c, int level)
 {
-    sx_client *c = to_client(L, idx);
     const char *why = c->missing != NULL ? c->missing : !c->open ? "sendx: client is closed" : NULL;
     if (why != NULL) {
         luaL_where(L, level);
@@ -45,6 +45,19 @@ sx_client *sx_check_client_at(lua_State *L, int idx, int level)
         lua_concat(L, 2);
         lua_error(L);
     }
+}
+
+sx_client *sx_check_client_at(lua_State *L, int idx, int level)
+{
+    sx_client *c = sx_to_client(L, idx, NULL);
+    check_open(L, c, level);
+    return c;
+}
+
+sx_client *sx_check_method(lua_State *L, const char *method)
+{
+    sx_client *c = sx_to_client(L, 1, method);
+    check_open(L, c, 1);
     return c;
 }
 

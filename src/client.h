@@ -53,6 +53,11 @@ typedef struct sx_client {
  * caller is a Lua wrapper). [-0, +0] */
 sx_client *sx_check_client_at(lua_State *L, int idx, int level);
 sx_client *sx_check_client(lua_State *L, int idx);
+/* The client at idx, open or not; else raise "sendx.client expected ... (use
+ * client:method(...))" (method NULL: the name from the debug info). */
+sx_client *sx_to_client(lua_State *L, int idx, const char *method);
+/* The open client of a method call (argument 1); errors name the method. */
+sx_client *sx_check_method(lua_State *L, const char *method);
 
 /* Pushes a new client built from the options table at idx. With `lazy`
  * (the module's default client) missing credentials are reported when the

@@ -3,7 +3,7 @@
 
 #include <math.h>
 
-#if LUA_VERSION_NUM < 502 && !defined(LUAJIT_VERSION)
+#if LUA_VERSION_NUM < 502
 void luaL_setfuncs(lua_State *L, const luaL_Reg *l, int nup)
 {
     int i;

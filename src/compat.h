@@ -2,8 +2,8 @@
  * compat.h - one source for Lua 5.1, 5.2, 5.3, 5.4 and LuaJIT.
  *
  * The module is written against the 5.3/5.4 API; this header fills the gaps
- * of older versions. LuaJIT reports 5.1 but already exports several 5.2
- * auxiliary functions, so those shims are guarded with !LUAJIT_VERSION.
+ * of older versions. LuaJIT reports 5.1 and gets the 5.1 shims, even those
+ * of the 5.2 auxiliary functions it exports (see below).
  */
 #ifndef SENDX_COMPAT_H
 #define SENDX_COMPAT_H
@@ -19,15 +19,15 @@
 
 #if LUA_VERSION_NUM < 502
 
-#ifndef LUAJIT_VERSION
-/* Prefixed, so that the module never exports a symbol of Lua's own. */
+/* Prefixed, so that the module never exports a symbol of Lua's own. Used on
+ * LuaJIT too, which exports these: the LuaJIT build then needs only what PUC
+ * Lua 5.1 exports, and one sendx.so in lib/lua/5.1 loads in both. */
 #define luaL_setfuncs sx_luaL_setfuncs
 #define luaL_testudata sx_luaL_testudata
 #define luaL_setmetatable sx_luaL_setmetatable
 void luaL_setfuncs(lua_State *L, const luaL_Reg *l, int nup);
 void *luaL_testudata(lua_State *L, int idx, const char *tname);
 void luaL_setmetatable(lua_State *L, const char *tname);
-#endif
 
 #define lua_rawlen(L, i) lua_objlen(L, (i))
 #define luaL_len(L, i) ((lua_Integer)lua_objlen(L, (i)))

@@ -20,12 +20,37 @@ static sx_buf *scratch(lua_State *L)
 }
 
 /* ---------------------------------------------------------------------------
+ * The two call mistakes: a colon on the module, a dot on a client
+ * ------------------------------------------------------------------------ */
+
+#define MODULE_KEY "sendx.module" /* registry: the module table */
+
+/* sendx:identify{...} passes the module as the first argument: say so, the
+ * same way on every Lua (5.4 would say "bad self", 5.1 "bad argument #1").
+ * Every module function starts with it. [-0, +0] */
+static void not_the_module(lua_State *L, const char *fname)
+{
+    int method = strcmp(fname, "new") != 0 && strcmp(fname, "configure") != 0;
+    int same;
+    if (!lua_istable(L, 1))
+        return;
+    lua_getfield(L, LUA_REGISTRYINDEX, MODULE_KEY);
+    same = lua_rawequal(L, 1, -1);
+    lua_pop(L, 1);
+    if (same)
+        luaL_error(L, "sendx.%s: called with ':' on the module (use sendx.%s(...)%s%s%s)", fname,
+                   fname, method ? ", or client:" : "", method ? fname : "",
+                   method ? "(...) on a client from sendx.new" : "");
+}
+
+/* ---------------------------------------------------------------------------
  * Clients
  * ------------------------------------------------------------------------ */
 
 /* sendx.new(options) -> client */
 static int l_new(lua_State *L)
 {
+    not_the_module(L, "new");
     lua_settop(L, 1);
     sx_client_new(L, 1, 1, 0);
     return 1;
@@ -34,6 +59,7 @@ static int l_new(lua_State *L)
 /* sendx.configure(options) -- the defaults of the module-level calls */
 static int l_configure(lua_State *L)
 {
+    not_the_module(L, "configure");
     lua_settop(L, 1);
     sx_set_default(L, 1, 1);
     return 0;
@@ -43,7 +69,7 @@ static int l_configure(lua_State *L)
  * idempotent. Waits up to timeout (5 s) for queued calls, then releases. */
 static int l_client_close(lua_State *L)
 {
-    sx_client *c = luaL_checkudata(L, 1, CLIENT_MT);
+    sx_client *c = sx_to_client(L, 1, "close"); /* closed or not: close is idempotent */
     double timeout = luaL_optnumber(L, 2, 5.0);
     lua_settop(L, 1);
     return sx_close_client(L, c, timeout, 0);
@@ -71,23 +97,6 @@ static int l_client_tostring(lua_State *L)
  * identify, track
  * ------------------------------------------------------------------------ */
 
-#define MODULE_KEY "sendx.module" /* registry: the module table */
-
-/* sendx:identify{...} passes the module as the contact: say so, the same way
- * on every Lua. [-0, +0] */
-static void not_the_module(lua_State *L, const char *fname)
-{
-    int same;
-    if (!lua_istable(L, 1))
-        return;
-    lua_getfield(L, LUA_REGISTRYINDEX, MODULE_KEY);
-    same = lua_rawequal(L, 1, -1);
-    lua_pop(L, 1);
-    if (same)
-        luaL_error(L, "sendx.%s: called with ':' on the module (use sendx.%s(...), or "
-                      "client:%s(...) on a client from sendx.new)", fname, fname, fname);
-}
-
 /* sendx.identify(contact) -> res | nil, message, info */
 static int l_identify(lua_State *L)
 {
@@ -101,7 +110,7 @@ static int l_identify(lua_State *L)
 /* client:identify(contact) -> res | nil, message, info */
 static int l_client_identify(lua_State *L)
 {
-    return sx_do_identify(L, sx_check_client(L, 1), 2);
+    return sx_do_identify(L, sx_check_method(L, "identify"), 2);
 }
 
 /* sendx.track(email, changes) -> res | nil, message, info */
@@ -117,7 +126,7 @@ static int l_track(lua_State *L)
 /* client:track(email, changes) -> res | nil, message, info */
 static int l_client_track(lua_State *L)
 {
-    return sx_do_track(L, sx_check_client(L, 1), 2);
+    return sx_do_track(L, sx_check_method(L, "track"), 2);
 }
 
 /* ---------------------------------------------------------------------------
@@ -163,21 +172,26 @@ static sx_api default_api(lua_State *L)
 /* sendx.encode_identify(contact) -> the body sendx.identify would send */
 static int l_encode_identify(lua_State *L)
 {
+    not_the_module(L, "encode_identify");
     return encode_identify(L, default_api(L), 1);
 }
 
 /* client:encode_identify(contact) -> the JSON body this client would send */
 static int l_client_encode_identify(lua_State *L)
 {
-    return encode_identify(L, sx_check_client(L, 1)->api, 2);
+    return encode_identify(L, sx_check_method(L, "encode_identify")->api, 2);
 }
 
 /* sendx.encode_track(email, changes) -> the body sendx.track would send;
- * sendx.encode_track(changes), the older form, for the legacy api */
+ * sendx.encode_track(changes), the older form (one table: no email, which
+ * only the legacy api can do without) */
 static int l_encode_track(lua_State *L)
 {
-    sx_api api = default_api(L);
-    if (lua_type(L, 1) != LUA_TSTRING) { /* the older form: changes first */
+    sx_api api;
+    int older = lua_istable(L, 1) || (lua_gettop(L) <= 1 && lua_type(L, 1) != LUA_TSTRING);
+    not_the_module(L, "encode_track");
+    api = default_api(L);
+    if (older) {
         if (api == SX_API_REST)
             return sx_argerror(L, 1, "email: required for api 'rest' "
                                      "(call sendx.encode_track(email, changes))");
@@ -189,7 +203,7 @@ static int l_encode_track(lua_State *L)
 /* client:encode_track(email, changes) -> the JSON body this client would send */
 static int l_client_encode_track(lua_State *L)
 {
-    return encode_track(L, sx_check_client(L, 1)->api, 2, 3);
+    return encode_track(L, sx_check_method(L, "encode_track")->api, 2, 3);
 }
 
 /* ---------------------------------------------------------------------------
@@ -209,7 +223,7 @@ static int l_identify_async(lua_State *L)
 /* client:identify_async(contact [, callback]) -> true | nil, "queue full" */
 static int l_client_identify_async(lua_State *L)
 {
-    return sx_do_identify_async(L, sx_check_client(L, 1), 2);
+    return sx_do_identify_async(L, sx_check_method(L, "identify_async"), 2);
 }
 
 /* sendx.track_async(email, changes [, callback]) -> true | nil, "queue full" */
@@ -225,12 +239,13 @@ static int l_track_async(lua_State *L)
 /* client:track_async(email, changes [, callback]) -> true | nil, "queue full" */
 static int l_client_track_async(lua_State *L)
 {
-    return sx_do_track_async(L, sx_check_client(L, 1), 2);
+    return sx_do_track_async(L, sx_check_method(L, "track_async"), 2);
 }
 
 /* sendx.poll() -> count [, errors]; never blocks */
 static int l_poll(lua_State *L)
 {
+    not_the_module(L, "poll");
     lua_settop(L, 0);
     return sx_poll_client(L, sx_default_client(L));
 }
@@ -238,13 +253,15 @@ static int l_poll(lua_State *L)
 /* client:poll() -> count [, errors]; never blocks */
 static int l_client_poll(lua_State *L)
 {
-    return sx_poll_client(L, sx_check_client(L, 1));
+    return sx_poll_client(L, sx_check_method(L, "poll"));
 }
 
 /* sendx.flush([timeout]) -> true | nil, "timeout" [, errors] */
 static int l_flush(lua_State *L)
 {
-    double timeout = luaL_optnumber(L, 1, -1);
+    double timeout;
+    not_the_module(L, "flush");
+    timeout = luaL_optnumber(L, 1, -1);
     lua_settop(L, 1);
     return sx_flush_call(L, sx_default_client(L), timeout);
 }
@@ -252,20 +269,20 @@ static int l_flush(lua_State *L)
 /* client:flush([timeout]) -> true | nil, "timeout" [, errors] */
 static int l_client_flush(lua_State *L)
 {
-    return sx_flush_call(L, sx_check_client(L, 1), luaL_optnumber(L, 2, -1));
+    return sx_flush_call(L, sx_check_method(L, "flush"), luaL_optnumber(L, 2, -1));
 }
 
 /* client:stats() -> { queued, in_flight, sent, failed, retried, dropped } */
 static int l_client_stats(lua_State *L)
 {
-    sx_push_stats(L, sx_check_client(L, 1));
+    sx_push_stats(L, sx_check_method(L, "stats"));
     return 1;
 }
 
 /* client:fd() -> a descriptor that is readable while callbacks are ready */
 static int l_client_fd(lua_State *L)
 {
-    lua_pushinteger(L, sx_client_fd(L, sx_check_client(L, 1)));
+    lua_pushinteger(L, sx_client_fd(L, sx_check_method(L, "fd")));
     return 1;
 }
 

@@ -7,7 +7,12 @@
  * package.preload. Credentials and the base URL come from SENDX_API_KEY,
  * SENDX_TEAM_ID and SENDX_BASE_URL, as for any script:
  *
- *   make embed && lua5.4 tools/mock/with_mock.lua build/embed/host [THREADS [CALLS]]
+ *   make run EXAMPLE=examples/embed/host.c                  (against a local mock SendX)
+ *   make run EXAMPLE=examples/embed/host.c ARGS="8 100"     (THREADS and CALLS: 4 25)
+ *   SENDX_API_KEY=... SENDX_TEAM_ID=... make run EXAMPLE=examples/embed/host.c MOCK=no
+ *                                                           (against SendX itself)
+ *
+ * (`make run` builds it as build/lua5.4/embed-host; `make embed`, as build/embed/host.)
  *
  * Prints one line per thread and exits with 0 when every call succeeded.
  */

@@ -1,5 +1,6 @@
 -- signup.lua: the content handler of examples/openresty/nginx.conf.
 -- GET /signup?email=...&name=... identifies the contact with a "Signup" tag.
+-- Run it with: make run EXAMPLE=examples/openresty/nginx.conf (see nginx.conf).
 local sendx = require "sendx"
 
 local args = ngx.req.get_uri_args()
@@ -26,4 +27,7 @@ if not res then
   ngx.say("could not register you, please try again")
   return
 end
-ngx.say("welcome, ", res.data.email)
+-- The legacy API answers with the stored contact (res.data); the REST API with
+-- a status and a message only.
+local contact = type(res.data) == "table" and res.data or { email = args.email }
+ngx.say("welcome, ", contact.email)
