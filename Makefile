@@ -54,10 +54,12 @@ WERROR      ?=
 PKG_CONFIG  ?= pkg-config
 CURL_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags libcurl 2>/dev/null)
 CURL_LIBS   ?= $(shell $(PKG_CONFIG) --libs libcurl 2>/dev/null || echo -lcurl)
+SQLITE_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags sqlite3 2>/dev/null)
+SQLITE_LIBS ?= $(shell $(PKG_CONFIG) --libs sqlite3 2>/dev/null || echo -lsqlite3)
 DEFINES      = -std=c99 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE
 
-SOURCES = src/sendx.c src/options.c src/client.c src/client_async.c src/results.c src/bridge.c src/argcheck.c src/encode.c src/transport.c src/policy.c src/async.c src/buffer.c src/compat.c
-HEADERS = src/compat.h src/argcheck.h src/options.h src/client.h src/results.h src/encode.h src/transport.h src/policy.h src/async.h src/buffer.h
+SOURCES = src/sendx.c src/options.c src/client.c src/client_async.c src/client_spool.c src/results.c src/bridge.c src/argcheck.c src/encode.c src/transport.c src/policy.c src/async.c src/async_spool.c src/spool.c src/buffer.c src/compat.c
+HEADERS = src/compat.h src/argcheck.h src/options.h src/client.h src/results.h src/encode.h src/transport.h src/policy.h src/async.h src/async_impl.h src/spool.h src/buffer.h
 LUA_MODULES = src/sendx/resty.lua src/sendx/http.lua
 BUILD   = build/lua$(LUA_VERSION)
 MODULE  = $(BUILD)/sendx.so
@@ -71,8 +73,8 @@ all: $(MODULE)
 $(MODULE): $(SOURCES) $(HEADERS) Makefile
 	@mkdir -p $(BUILD)
 	$(CC) $(DEFINES) -fPIC -shared -fvisibility=hidden \
-	  $(CFLAGS) $(WARNINGS) $(WERROR) -I$(LUA_INCDIR) $(CURL_CFLAGS) \
-	  -o $@ $(SOURCES) $(CURL_LIBS) -lpthread
+	  $(CFLAGS) $(WARNINGS) $(WERROR) -I$(LUA_INCDIR) $(CURL_CFLAGS) $(SQLITE_CFLAGS) \
+	  -o $@ $(SOURCES) $(CURL_LIBS) $(SQLITE_LIBS) -lpthread
 	@if [ -e sendx.so ]; then echo "sendx: warning: ./sendx.so (from luarocks make here?) comes first" \
 	  "on require's default path from this directory: make clean removes it" >&2; fi
 
@@ -161,7 +163,7 @@ EMBED_FLAGS ?= -O1 -g
 define EMBED_BUILD
 	@mkdir -p $(@D)
 	$(CC) $(DEFINES) $(EMBED_FLAGS) $(WARNINGS) $(WERROR) -I/usr/include/lua$(EMBED_LUA) -Isrc \
-	  $(CURL_CFLAGS) -o $@ examples/embed/host.c $(SOURCES) $(CURL_LIBS) -llua$(EMBED_LUA) -lm -lpthread
+	  $(CURL_CFLAGS) $(SQLITE_CFLAGS) -o $@ examples/embed/host.c $(SOURCES) $(CURL_LIBS) $(SQLITE_LIBS) -llua$(EMBED_LUA) -lm -lpthread
 endef
 build/embed/%: examples/embed/host.c $(SOURCES) $(HEADERS) Makefile
 	$(EMBED_BUILD)
@@ -188,7 +190,7 @@ SAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stack
 build/asan/sendx.so: $(SOURCES) $(HEADERS) Makefile
 	@mkdir -p build/asan
 	$(CC) $(DEFINES) -fPIC -shared -fvisibility=hidden $(SAN_FLAGS) $(WARNINGS) -Werror \
-	  -I/usr/include/lua5.4 $(CURL_CFLAGS) -o $@ $(SOURCES) $(CURL_LIBS) -lpthread
+	  -I/usr/include/lua5.4 $(CURL_CFLAGS) $(SQLITE_CFLAGS) -o $@ $(SOURCES) $(CURL_LIBS) $(SQLITE_LIBS) -lpthread
 
 build/asan/lua: spec/support/lua_san.c Makefile
 	@mkdir -p build/asan
@@ -220,7 +222,7 @@ FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=al
 build/fuzz/%_fuzz: fuzz/%_fuzz.c fuzz/encode_check.lua $(SOURCES) $(HEADERS) Makefile
 	@mkdir -p build/fuzz
 	clang $(DEFINES) $(FUZZ_FLAGS) $(WARNINGS) -Werror -DCHECKER='"$(CURDIR)/fuzz/encode_check.lua"' \
-	  -I/usr/include/lua5.4 -Isrc $(CURL_CFLAGS) -o $@ $< $(SOURCES) $(CURL_LIBS) -llua5.4 -lm -lpthread
+	  -I/usr/include/lua5.4 -Isrc $(CURL_CFLAGS) $(SQLITE_CFLAGS) -o $@ $< $(SOURCES) $(CURL_LIBS) $(SQLITE_LIBS) -llua5.4 -lm -lpthread
 
 fuzz:
 	@.ci/install-deps test
@@ -238,7 +240,7 @@ check:
 	cppcheck --enable=warning,portability,performance --error-exitcode=1 --inline-suppr --std=c99 --quiet \
 	  -I$(LUA_INCDIR) -DLLONG_MAX=9223372036854775807LL -D__GNUC__ src/ examples/embed/host.c bench/limit.c
 	clang-tidy --quiet -checks='$(TIDY_CHECKS)' --warnings-as-errors='*' src/*.c -- \
-	  $(DEFINES) -I$(LUA_INCDIR) $(CURL_CFLAGS)
+	  $(DEFINES) -I$(LUA_INCDIR) $(CURL_CFLAGS) $(SQLITE_CFLAGS)
 	@! grep -nE '#include [<"](lua|lauxlib|lualib|compat)\.h' src/transport.[ch] src/async.[ch] src/buffer.[ch] src/policy.[ch] || { echo "sendx: check: the C core (transport, async, buffer, policy) must not include a Lua header"; exit 1; }
 	@$(MAKE) --no-print-directory -B build/check-gcc/sendx.so BUILD=build/check-gcc CC=gcc WERROR=-Werror
 	@$(MAKE) --no-print-directory -B build/check-clang/sendx.so BUILD=build/check-clang CC=clang WERROR=-Werror

@@ -28,17 +28,19 @@ external_dependencies = {
   -- Only the library is looked up: Debian keeps curl/curl.h in a multiarch
   -- include directory that the compiler searches but LuaRocks does not.
   CURL = { library = "curl" },
+  -- the durable spool (Debian: libsqlite3-dev)
+  SQLITE = { header = "sqlite3.h", library = "sqlite3" },
 }
 build = {
   type = "builtin",
   modules = {
     sendx = {
       -- the same sources as the Makefile's SOURCES
-      sources = { "src/sendx.c", "src/options.c", "src/client.c", "src/client_async.c", "src/results.c", "src/bridge.c", "src/argcheck.c", "src/encode.c", "src/transport.c", "src/policy.c", "src/async.c", "src/buffer.c", "src/compat.c" },
+      sources = { "src/sendx.c", "src/options.c", "src/client.c", "src/client_async.c", "src/client_spool.c", "src/results.c", "src/bridge.c", "src/argcheck.c", "src/encode.c", "src/transport.c", "src/policy.c", "src/async.c", "src/async_spool.c", "src/spool.c", "src/buffer.c", "src/compat.c" },
       defines = { "_POSIX_C_SOURCE=200809L", "_DEFAULT_SOURCE" },
-      incdirs = { "$(CURL_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)" },
-      libraries = { "curl", "pthread" },
+      incdirs = { "$(CURL_INCDIR)", "$(SQLITE_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(SQLITE_LIBDIR)" },
+      libraries = { "curl", "sqlite3", "pthread" },
     },
     -- the OpenResty transport, loaded by the C module inside nginx
     ["sendx.resty"] = "src/sendx/resty.lua",

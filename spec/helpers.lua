@@ -4,7 +4,7 @@ local helpers = {}
 
 -- The module-level calls read these: a spec run with real credentials in its
 -- environment could reach the real API. `make test` clears them.
-for _, name in ipairs { "SENDX_API_KEY", "SENDX_TEAM_ID", "SENDX_BASE_URL" } do
+for _, name in ipairs { "SENDX_API_KEY", "SENDX_TEAM_ID", "SENDX_BASE_URL", "SENDX_SPOOL" } do
   if os.getenv(name) then
     error(name .. " is set: run the specs through `make test`, which clears it", 0)
   end

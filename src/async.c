@@ -7,7 +7,7 @@
  * the multi handle, the slots and the retry list belong to the worker.
  */
 #define _GNU_SOURCE /* dladdr, on glibc */
-#include "async.h"
+#include "async_impl.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -19,36 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_SLOTS 64
-
-struct sx_async {
-    pthread_mutex_t mu;
-    pthread_t thread;
-    pid_t pid;
-    int efd;                       /* eventfd: readable while done is not empty */
-    CURLM *multi;
-    sx_async_opts o;
-    int has_mutex;                 /* mu and cv were initialised */
-    pthread_cond_t cv;             /* fork: the worker holds still (see before_fork) */
-    int hold, held, exited;        /* under mu */
-    struct sx_async *next_live;    /* the process's live workers (registry) */
-    /* under mu */
-    sx_job *pending, *pending_tail;
-    sx_job *done, *done_tail;
-    long npending, nwaiting, nin_flight, ndone;
-    size_t pending_bytes;          /* bodies waiting for their first attempt */
-    size_t done_bytes;             /* bodies and answers of calls not yet taken back */
-    long sent, failed, retried, dropped;
-    int stopping;
-    int joined;                    /* the caller's: the thread was joined */
-    /* the worker's own */
-    sx_job *waiting;               /* retries, until their due time */
-    int nslots;
-    sx_conn slots[MAX_SLOTS];
-    sx_job *busy[MAX_SLOTS];
-};
-
-static long long now_ms(void)
+long long sx_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -84,7 +55,7 @@ void sx_job_free(sx_job *j)
     free(j);
 }
 
-static void append(sx_job **head, sx_job **tail, sx_job *j)
+void sx_append(sx_job **head, sx_job **tail, sx_job *j)
 {
     j->next = NULL;
     if (*tail != NULL)
@@ -131,7 +102,7 @@ int sx_async_submit(sx_async *a, sx_job *j)
              a->pending_bytes + a->done_bytes + j->len > a->o.max_bytes)
         rc = SX_SUBMIT_FULL;
     if (rc == 0) {
-        append(&a->pending, &a->pending_tail, j);
+        sx_append(&a->pending, &a->pending_tail, j);
         a->npending++;
         a->pending_bytes += j->len;
     } else {
@@ -141,6 +112,20 @@ int sx_async_submit(sx_async *a, sx_job *j)
     if (rc == 0)
         curl_multi_wakeup(a->multi);
     return rc;
+}
+
+void sx_async_spooled(sx_async *a, int accepted)
+{
+    pthread_mutex_lock(&a->mu);
+    if (accepted > 0) {
+        a->spooled++;
+        a->own++;
+    } else if (accepted == 0) {
+        a->dropped++;
+    }
+    a->spool_dirty = 1;
+    pthread_mutex_unlock(&a->mu);
+    curl_multi_wakeup(a->multi);
 }
 
 sx_job *sx_async_take(sx_async *a)
@@ -165,7 +150,10 @@ void sx_async_stats(sx_async *a, sx_stats *s)
 {
     pthread_mutex_lock(&a->mu);
     s->queued = a->npending + a->nwaiting;
+    if (a->o.spool != NULL) /* this client's calls on disk, not being sent */
+        s->queued = a->own > a->nin_flight ? a->own - a->nin_flight : 0;
     s->in_flight = a->nin_flight;
+    s->spooled = a->spooled;
     s->sent = a->sent;
     s->failed = a->failed;
     s->retried = a->retried;
@@ -178,6 +166,8 @@ long sx_async_outstanding(sx_async *a)
     long n;
     pthread_mutex_lock(&a->mu);
     n = a->npending + a->nwaiting + a->nin_flight + a->ndone;
+    if (a->o.spool != NULL) /* this client's calls not settled, and those to take back */
+        n = a->own + a->ndone;
     pthread_mutex_unlock(&a->mu);
     return n;
 }
@@ -209,7 +199,7 @@ void sx_async_wait(sx_async *a, long ms)
 /* Under mu: counts j where the policy says (a 2xx answer's body decides
  * between ok, api and decode), then hands it back to the caller, or frees it
  * when nobody will read its results. */
-static void complete(sx_async *a, sx_job *j)
+void sx_complete(sx_async *a, sx_job *j)
 {
     uint64_t one = 1;
     sx_kind final = j->r.kind;
@@ -223,7 +213,7 @@ static void complete(sx_async *a, sx_job *j)
         sx_job_free(j);
         return;
     }
-    append(&a->done, &a->done_tail, j);
+    sx_append(&a->done, &a->done_tail, j);
     a->ndone++;
     a->done_bytes += j->len + j->response_len;
     if (write(a->efd, &one, sizeof one) < 0) {
@@ -249,7 +239,7 @@ static sx_job *due_retry(sx_async *a, long long now)
 /* Under mu: fills free slots with due retries, then with queued jobs. */
 static void start_ready(sx_async *a)
 {
-    long long now = now_ms();
+    long long now = sx_now_ms();
     int i;
     for (i = 0; i < a->nslots; i++) {
         sx_job *j;
@@ -269,7 +259,7 @@ static void start_ready(sx_async *a)
             j->r.kind = SX_NETWORK;
             j->r.attempts = j->attempts;
             j->r.message = "libcurl could not start the transfer";
-            complete(a, j);
+            sx_complete(a, j);
             continue;
         }
         a->busy[i] = j;
@@ -315,17 +305,22 @@ static int collect(sx_async *a)
         a->busy[i] = NULL;
         freed++;
         wait = sx_conn_finish(&a->slots[i], rc, j->idempotent, j->attempts, &j->r);
+        if (j->spool_id != 0) {
+            keep_outcome(j, &a->slots[i]);
+            sx_spool_settle(a, j, &a->slots[i], wait);
+            continue;
+        }
         pthread_mutex_lock(&a->mu);
         a->nin_flight--;
         if (wait >= 0 && !a->stopping) {
-            j->due_ms = now_ms() + wait;
+            j->due_ms = sx_now_ms() + wait;
             j->next = a->waiting;
             a->waiting = j;
             a->nwaiting++;
             a->retried++;
         } else {
             keep_outcome(j, &a->slots[i]);
-            complete(a, j);
+            sx_complete(a, j);
         }
         pthread_mutex_unlock(&a->mu);
     }
@@ -336,7 +331,7 @@ static int collect(sx_async *a)
  * slot is free to take it), at most 1 s; transfers and wakeups end it sooner. */
 static int poll_timeout_ms(sx_async *a)
 {
-    long long now = now_ms(), next = now + 1000;
+    long long now = sx_now_ms(), next = now + 1000;
     sx_job *j;
     int i, free_slot = 0;
     for (i = 0; i < a->nslots && !free_slot; i++)
@@ -345,6 +340,8 @@ static int poll_timeout_ms(sx_async *a)
         for (j = a->waiting; j != NULL; j = j->next)
             if (j->due_ms < next)
                 next = j->due_ms;
+    if (a->o.spool != NULL)
+        return (int)sx_spool_sleep_ms(a, next > now ? (long)(next - now) : 0);
     return next > now ? (int)(next - now) : 0;
 }
 
@@ -355,7 +352,7 @@ static void shut_down(sx_async *a, sx_job *j)
     j->r.retryable = 0;
     j->r.attempts = j->attempts;
     j->r.message = SX_MSG_SHUTDOWN;
-    complete(a, j);
+    sx_complete(a, j);
 }
 
 /* Under mu, once stopping: every call not completed goes back as shut down. */
@@ -369,7 +366,10 @@ static void cut_all(sx_async *a)
         curl_multi_remove_handle(a->multi, a->slots[i].curl);
         a->busy[i] = NULL;
         a->nin_flight--;
-        shut_down(a, j);
+        if (j->spool_id != 0)
+            sx_spool_cut(a, j, 1);
+        else
+            shut_down(a, j);
     }
     while ((j = a->waiting) != NULL) {
         a->waiting = j->next;
@@ -379,7 +379,10 @@ static void cut_all(sx_async *a)
     while ((j = pop(&a->pending, &a->pending_tail)) != NULL) {
         a->npending--;
         a->pending_bytes -= j->len;
-        shut_down(a, j);
+        if (j->spool_id != 0)
+            sx_spool_cut(a, j, 0);
+        else
+            shut_down(a, j);
     }
 }
 
@@ -476,6 +479,8 @@ static void *worker(void *arg)
     sx_async *a = arg;
     for (;;) {
         int running, stop;
+        if (a->o.spool != NULL)
+            sx_spool_feed(a);
         pthread_mutex_lock(&a->mu);
         hold_still(a);
         stop = a->stopping;
@@ -527,6 +532,8 @@ static int open_slot(sx_conn *s, CURL *model, const sx_async_opts *o)
     ok = ok && curl_easy_setopt(s->curl, CURLOPT_QUICK_EXIT, 1L) == CURLE_OK;
 #endif
     sx_policy_init(&s->policy, o->retries, o->max_retry_wait_ms);
+    if (o->spool != NULL)
+        sx_spool_slot_policy(&s->policy);
     s->retry_after_ms = -1;
     s->rng = (unsigned)time(NULL) ^ (unsigned)(size_t)s;
     s->pid = getpid();
@@ -539,6 +546,7 @@ static void teardown(sx_async *a)
 {
     unregister_worker(a);
     free_list(a->done);
+    free_list(a->unsettled); /* still claimed on disk: sent again once the lease ends */
     if (a->has_mutex) {
         pthread_cond_destroy(&a->cv);
         pthread_mutex_destroy(&a->mu);
@@ -548,6 +556,8 @@ static void teardown(sx_async *a)
         curl_multi_cleanup(a->multi);
     if (a->efd >= 0)
         close(a->efd);
+    sx_spool_close(a->o.spool);
+    free(a->base);
     free(a);
 }
 
@@ -558,6 +568,7 @@ sx_async *sx_async_new(CURL *model, const sx_async_opts *o)
     if (a == NULL)
         return NULL;
     a->o = *o;
+    a->o.base = NULL; /* the caller's; a->base is the copy */
     a->pid = getpid();
     a->nslots = o->max_in_flight < 1 ? 1 : o->max_in_flight > MAX_SLOTS ? MAX_SLOTS : o->max_in_flight;
     a->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -571,6 +582,8 @@ sx_async *sx_async_new(CURL *model, const sx_async_opts *o)
     for (i = 0; i < a->nslots; i++)
         if (open_slot(&a->slots[i], model, o) != 0)
             break;
+    if (o->spool != NULL && (a->base = strdup(o->base)) == NULL)
+        i = -1;
     if (i < a->nslots || a->efd < 0 || a->multi == NULL || !a->has_mutex) {
         teardown(a);
         return NULL;
@@ -604,6 +617,7 @@ void sx_async_free(sx_async *a)
 
 void sx_async_disown(sx_async *a)
 {
-    /* Our copy of the descriptor only; the parent's stays open. */
+    /* Our copy of the descriptor only; the parent's stays open. The spool
+     * connection is not touched either (SQLite's must not cross fork). */
     close(a->efd);
 }

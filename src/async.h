@@ -10,6 +10,7 @@
 #define SENDX_ASYNC_H
 
 #include "transport.h"
+#include "spool.h"
 
 typedef struct sx_job {
     struct sx_job *next;
@@ -19,6 +20,11 @@ typedef struct sx_job {
     int keep;             /* 0: nobody reads the results: freed once counted */
     int claimed;          /* the caller's: its results are being built */
     int ref;              /* the caller's (a Lua registry ref); never read here */
+    long long spool_id;   /* a spooled call's row, 0 when in memory only */
+    int mine;             /* spooled by this client (else recovered from the spool) */
+    double created;       /* spooled: when (epoch seconds) */
+    int settle;           /* spooled: what the disk must record (see async_spool.c) */
+    double retry_at;      /* spooled: when a retry is due (epoch seconds) */
     int attempts;
     long long due_ms;     /* a retry waits until then (monotonic clock) */
     /* the outcome, once completed */
@@ -30,6 +36,7 @@ typedef struct sx_job {
 
 typedef struct sx_stats {
     long queued, in_flight, sent, failed, retried, dropped;
+    long spooled;         /* calls committed to the spool by this client */
 } sx_stats;
 
 typedef struct sx_async sx_async;
@@ -40,10 +47,18 @@ typedef struct sx_async_opts {
     size_t max_bytes;      /* bytes of bodies waiting */
     int retries;
     long max_retry_wait_ms;
+    /* durable delivery (see spool.h); spool NULL: in memory only */
+    sx_spool *spool;       /* the worker's own connection, owned once started */
+    const char *base;      /* the base URL spooled paths follow (copied) */
+    double lease_s;        /* how long a claim holds */
+    double max_age;        /* spool_max_age */
+    int report;            /* recovered calls that fail come back (on_error) */
 } sx_async_opts;
 
 /* Starts the worker. Its handles are duplicates of `model` (options, no
- * connections). NULL when memory, libcurl or the thread failed. */
+ * connections). NULL when memory, libcurl or the thread failed. o->spool,
+ * when set, is the worker's from here on (closed with it, or at once on
+ * failure). */
 sx_async *sx_async_new(CURL *model, const sx_async_opts *o);
 
 /* A job carrying copies of url and body; NULL when out of memory. */
@@ -59,6 +74,11 @@ void sx_job_free(sx_job *j);
 #define SX_SUBMIT_CLOSING (-3)
 int sx_async_submit(sx_async *a, sx_job *j);
 
+
+/* The worker looks at the spool now. accepted 1: this client committed a
+ * call (counted in `spooled`, and outstanding until settled); 0: the spool
+ * refused one (counted in `dropped`); -1: dead letters were put back. */
+void sx_async_spooled(sx_async *a, int accepted);
 
 /* The oldest completed job, or NULL. Drains the readiness descriptor when
  * nothing is left. */

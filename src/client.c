@@ -69,6 +69,7 @@ sx_client *sx_check_client(lua_State *L, int idx)
 void sx_client_release(lua_State *L, sx_client *c)
 {
     sx_drop_async(L, c);
+    sx_close_spool(L, c); /* after the worker: its claims went back first */
     while (c->limbo != NULL && c->running == 0) { /* else the active run_done frees them */
         sx_job *j = c->limbo;
         c->limbo = j->next;
@@ -162,6 +163,10 @@ static void client_open(lua_State *L, sx_client *c, const sx_config *o)
     c->aopts.retries = (int)o->retries;
     c->aopts.max_retry_wait_ms = o->max_retry_wait_ms;
     set_key_tail(c, o->api_key);
+    if (o->spool != NULL) { /* what earlier processes left starts now */
+        sx_open_spool(L, c, o->spool, o);
+        sx_ensure_async(L, c);
+    }
 }
 
 /* Which credential is missing ("api_key", "team_id"), or NULL. */

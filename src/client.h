@@ -11,6 +11,7 @@
 #include "async.h"
 #include "encode.h"
 #include "transport.h"
+#include "options.h"
 
 #define SENDX_VERSION "1.0.0"
 #define CLIENT_MT "sendx.client"
@@ -42,6 +43,12 @@ typedef struct sx_client {
                           * have not run yet */
     int running;         /* jobs being built by run_done (a callback may nest one) */
     int on_error_ref;    /* on_error option (registry ref), or LUA_NOREF */
+    /* durable delivery (client_spool.c): the caller's connection, NULL: none */
+    sx_spool *spool;
+    pid_t spool_pid;     /* the process that opened it */
+    unsigned long long token; /* this client, in the rows it adds */
+    sx_buf spool_path;   /* NUL-terminated; empty: no spool */
+    sx_spool_opts sopts;
     char key_tail[8];    /* what tostring may show of the key */
     const char *missing; /* default client without credentials: why */
 } sx_client;
@@ -123,6 +130,36 @@ void sx_push_stats(lua_State *L, sx_client *c);
 
 /* The worker's readiness descriptor (the worker is started if need be). */
 int sx_client_fd(lua_State *L, sx_client *c);
+
+/* The client's worker, started if need be (after a fork: a fresh one). */
+sx_async *sx_ensure_async(lua_State *L, sx_client *c);
+
+/* ---- client_spool.c: the Lua side of the durable spool ---- */
+
+/* Opens the spool the options name (raises when it cannot). [-0, +0] */
+void sx_open_spool(lua_State *L, sx_client *c, const char *path, const sx_config *o);
+
+/* The caller's spool connection (reopened in a forked child), or NULL. */
+sx_spool *sx_caller_spool(lua_State *L, sx_client *c);
+
+/* The worker's options for the spool: a connection of its own. [-0, +0] */
+void sx_worker_spool(lua_State *L, sx_client *c, sx_async_opts *o);
+
+/* Commits the call in c->url/c->body (op, the contact's email) with the
+ * callback at cb: pushes true, or nil, message. [-0, +1|2] */
+int sx_spool_submit(lua_State *L, sx_client *c, sx_async *a, const char *op, const char *email,
+                    size_t elen, int cb, int idempotent);
+
+/* The client lets go: its calls stay on disk for others, their callbacks
+ * are released. [-0, +0] */
+void sx_close_spool(lua_State *L, sx_client *c);
+
+/* client:spool_stats(), dead_letters([limit]), retry_dead([ids]),
+ * purge_dead([ids]) on the client at slot 1. */
+int sx_do_spool_stats(lua_State *L, sx_client *c);
+int sx_do_dead_letters(lua_State *L, sx_client *c);
+int sx_do_retry_dead(lua_State *L, sx_client *c);
+int sx_do_purge_dead(lua_State *L, sx_client *c);
 
 /* ---- bridge.c ---- */
 

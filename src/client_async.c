@@ -41,11 +41,12 @@ void sx_drop_async(lua_State *L, sx_client *c)
 
 /* The client's worker, started on first use; in a forked child the parent's
  * is let go and a fresh one started (see sx_drop_async). */
-static sx_async *ensure_async(lua_State *L, sx_client *c)
+sx_async *sx_ensure_async(lua_State *L, sx_client *c)
 {
     if (c->async != NULL && sx_async_pid(c->async) != getpid())
         sx_drop_async(L, c);
     if (c->async == NULL) {
+        sx_worker_spool(L, c, &c->aopts); /* its own connection, when there is a spool */
         if (sx_conn_after_fork(&c->conn) != 0 ||
             (c->async = sx_async_new(c->conn.curl, &c->aopts)) == NULL)
             luaL_error(L, "sendx: the background worker could not be started");
@@ -58,13 +59,17 @@ static sx_async *ensure_async(lua_State *L, sx_client *c)
  * ------------------------------------------------------------------------ */
 
 /* Queues the request built in c->url and c->body, with the callback at cb
- * (nil or none: no callback). Pushes true, or nil, "queue full" (or "too
+ * (nil or none: no callback); with a spool, commits it there (op and the
+ * contact's email go with it). Pushes true, or nil, "queue full" (or "too
  * large for max_queue_bytes"). [-0, +1|2] */
-static int submit(lua_State *L, sx_client *c, int cb, int idempotent)
+static int submit(lua_State *L, sx_client *c, int cb, int idempotent, const char *op,
+                  const char *email, size_t elen)
 {
-    sx_async *a = ensure_async(L, c);
+    sx_async *a = sx_ensure_async(L, c);
     int ref = LUA_NOREF, rc;
     sx_job *j;
+    if (c->spool_path.len > 0)
+        return sx_spool_submit(L, c, a, op, email, elen, cb, idempotent);
     if (!lua_isnoneornil(L, cb)) {
         lua_pushvalue(L, cb);
         ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -99,10 +104,16 @@ static void check_callback(lua_State *L, int idx)
 int sx_do_identify_async(lua_State *L, sx_client *c, int arg)
 {
     int incr;
+    size_t elen = 0;
+    const char *email;
     check_callback(L, arg + 1);
+    lua_settop(L, arg + 1); /* the callback's slot exists: the email goes above it */
     incr = sx_encode_identify(L, arg, arg, c->api, &c->body);
     sx_build_url(L, c, "identify", NULL, 0);
-    return submit(L, c, arg + 1, !incr);
+    lua_pushliteral(L, "email"); /* checked by the encoder; kept on the stack */
+    lua_rawget(L, arg);
+    email = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &elen) : "";
+    return submit(L, c, arg + 1, !incr, "identify", email, elen);
 }
 
 int sx_do_track_async(lua_State *L, sx_client *c, int arg)
@@ -112,7 +123,7 @@ int sx_do_track_async(lua_State *L, sx_client *c, int arg)
     check_callback(L, arg + 2);
     sx_encode_track(L, arg + 1, arg + 1, c->api == SX_API_REST ? email : NULL, elen, &c->body);
     sx_build_url(L, c, "track", email, elen);
-    return submit(L, c, arg + 2, 1);
+    return submit(L, c, arg + 2, 1, "track", email, elen);
 }
 
 /* ---------------------------------------------------------------------------
@@ -227,8 +238,17 @@ static int run_done(lua_State *L, sx_client *c, int errs)
         sx_job_free(j);
         luaL_unref(L, LUA_REGISTRYINDEX, ref);
         n++;
-        if (!lua_isnil(L, base + 1) && lua_pcall(L, lua_gettop(L) - base - 1, 0, 0) != 0)
-            report_error(L, c, errs);
+        if (!lua_isnil(L, base + 1)) {
+            if (lua_pcall(L, lua_gettop(L) - base - 1, 0, 0) != 0)
+                report_error(L, c, errs);
+        } else if (c->on_error_ref != LUA_NOREF && lua_gettop(L) >= base + 4) {
+            /* a call recovered from the spool failed: on_error(message, info) */
+            lua_rawgeti(L, LUA_REGISTRYINDEX, c->on_error_ref);
+            lua_pushvalue(L, base + 3);
+            lua_pushvalue(L, base + 4);
+            if (lua_pcall(L, 2, 0, 0) != 0)
+                report_error(L, c, errs);
+        }
         lua_settop(L, base);
     }
     return n;
@@ -333,7 +353,7 @@ void sx_push_stats(lua_State *L, sx_client *c)
     memset(&st, 0, sizeof st);
     if (c->async != NULL && sx_async_pid(c->async) == getpid())
         sx_async_stats(c->async, &st);
-    lua_createtable(L, 0, 6);
+    lua_createtable(L, 0, 7);
     lua_pushinteger(L, st.queued);
     lua_setfield(L, -2, "queued");
     lua_pushinteger(L, st.in_flight);
@@ -346,9 +366,11 @@ void sx_push_stats(lua_State *L, sx_client *c)
     lua_setfield(L, -2, "retried");
     lua_pushinteger(L, st.dropped);
     lua_setfield(L, -2, "dropped");
+    lua_pushinteger(L, st.spooled);
+    lua_setfield(L, -2, "spooled");
 }
 
 int sx_client_fd(lua_State *L, sx_client *c)
 {
-    return sx_async_fd(ensure_async(L, c));
+    return sx_async_fd(sx_ensure_async(L, c));
 }

@@ -17,7 +17,7 @@
 #include <string.h>
 #include <strings.h>
 
-typedef enum opt_type { OPT_STRING, OPT_API, OPT_SECONDS, OPT_INTEGER, OPT_FUNCTION } opt_type;
+typedef enum opt_type { OPT_STRING, OPT_API, OPT_SECONDS, OPT_INTEGER, OPT_FUNCTION, OPT_SYNC } opt_type;
 
 typedef struct opt_desc {
     const char *name;
@@ -32,6 +32,7 @@ typedef struct opt_desc {
 #define OPT_OFFSET_SECONDS(name) offsetof(sx_config, name##_ms)
 #define OPT_OFFSET_INTEGER(name) offsetof(sx_config, name)
 #define OPT_OFFSET_FUNCTION(name) offsetof(sx_config, name)
+#define OPT_OFFSET_SYNC(name) offsetof(sx_config, name)
 #define OPT_DESC(name, type, min, max, def, env) \
     { #name, OPT_##type, (min), (max), (def), (env), OPT_OFFSET_##type(name) },
 #define OPT_NAME(name, type, min, max, def, env) #name,
@@ -112,9 +113,11 @@ static long opt_integer(lua_State *L, int idx, int arg, const opt_desc *d)
     double v = d->def;
     if (sx_get_option(L, idx, d->name)) {
         v = lua_type(L, -1) == LUA_TNUMBER ? (double)lua_tonumber(L, -1) : -1.0;
-        if (!(v >= d->min && v <= d->max) || v != (double)(long)v)
-            sx_argerror(L, arg, "%s: expected an integer from %d to %d", d->name, (int)d->min,
-                        (int)d->max);
+        if (!(v >= d->min && v <= d->max) || v != (double)(long)v) {
+            char range[64];
+            snprintf(range, sizeof range, "from %.0f to %.0f", d->min, d->max);
+            sx_argerror(L, arg, "%s: expected an integer %s", d->name, range);
+        }
     }
     lua_pop(L, 1);
     return (long)v;
@@ -129,6 +132,18 @@ static sx_api opt_api(lua_State *L, int idx, int arg, const opt_desc *d)
     if (strcmp(s, "rest") == 0)
         return SX_API_REST;
     return (sx_api)sx_argerror(L, arg, "api: expected 'legacy' or 'rest', got '%s'", s);
+}
+
+/* spool_sync: 'normal' (the default: survives a crash of the process) or
+ * 'full' (survives power loss). [-0, +0] */
+static int opt_sync(lua_State *L, int idx, int arg, const opt_desc *d)
+{
+    const char *s = opt_string(L, idx, arg, d->name);
+    if (s == NULL || strcmp(s, "normal") == 0)
+        return 0;
+    if (strcmp(s, "full") == 0)
+        return 1;
+    return sx_argerror(L, arg, "%s: expected 'normal' or 'full', got '%s'", d->name, s);
 }
 
 /* 1 when a function is given, 0 when absent. [-0, +0] */
@@ -163,6 +178,9 @@ static void read_option(lua_State *L, int idx, int arg, int use_env, const opt_d
         break;
     case OPT_FUNCTION:
         *(int *)(void *)field = opt_function(L, idx, arg, d);
+        break;
+    case OPT_SYNC:
+        *(int *)(void *)field = opt_sync(L, idx, arg, d);
         break;
     }
 }

@@ -14,7 +14,7 @@
 #include <time.h>
 
 static const char *const kind_names[] = {
-    "ok", "network", "timeout", "tls", "http", "api", "decode", "shutdown",
+    "ok", "network", "timeout", "tls", "http", "api", "decode", "shutdown", "unknown_outcome",
 };
 
 /* One name per kind: the table follows the enum. */

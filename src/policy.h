@@ -25,6 +25,9 @@
 #define SX_MSG_QUEUE_FULL "queue full"
 #define SX_MSG_TOO_LARGE_FOR_QUEUE "too large for max_queue_bytes"
 #define SX_MSG_CLOSING "client is closing"
+#define SX_MSG_SPOOL_FULL "spool full"
+#define SX_MSG_UNKNOWN_OUTCOME "cut mid-send (the process stopped or the client closed); " \
+    "a call that increments is never sent twice"
 
 typedef enum sx_kind {
     SX_OK = 0,
@@ -35,6 +38,7 @@ typedef enum sx_kind {
     SX_API,
     SX_DECODE,
     SX_SHUTDOWN, /* async: the client closed (or nginx exited) before the call completed */
+    SX_UNKNOWN_OUTCOME, /* spool: an increment was cut mid-send: it may have arrived */
     SX_KIND_COUNT
 } sx_kind;
 

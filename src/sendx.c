@@ -287,6 +287,69 @@ static int l_client_fd(lua_State *L)
 }
 
 /* ---------------------------------------------------------------------------
+ * The durable spool: spool_stats, dead_letters, retry_dead, purge_dead
+ * (module functions act on the default client; their arguments start at 2
+ * either way, the default client taking slot 1)
+ * ------------------------------------------------------------------------ */
+
+/* The default client in slot 1, the arguments after it. */
+static sx_client *default_in_slot1(lua_State *L, const char *fname)
+{
+    not_the_module(L, fname);
+    sx_default_client(L);
+    lua_insert(L, 1);
+    return lua_touserdata(L, 1);
+}
+
+/* sendx.spool_stats() -> { pending, dead, bytes, oldest_age } */
+static int l_spool_stats(lua_State *L)
+{
+    return sx_do_spool_stats(L, default_in_slot1(L, "spool_stats"));
+}
+
+/* client:spool_stats() -> { pending, dead, bytes, oldest_age } */
+static int l_client_spool_stats(lua_State *L)
+{
+    return sx_do_spool_stats(L, sx_check_method(L, "spool_stats"));
+}
+
+/* sendx.dead_letters([limit]) -> { dead letter, ... } */
+static int l_dead_letters(lua_State *L)
+{
+    return sx_do_dead_letters(L, default_in_slot1(L, "dead_letters"));
+}
+
+/* client:dead_letters([limit]) -> { dead letter, ... } */
+static int l_client_dead_letters(lua_State *L)
+{
+    return sx_do_dead_letters(L, sx_check_method(L, "dead_letters"));
+}
+
+/* sendx.retry_dead([ids]) -> n */
+static int l_retry_dead(lua_State *L)
+{
+    return sx_do_retry_dead(L, default_in_slot1(L, "retry_dead"));
+}
+
+/* client:retry_dead([ids]) -> n */
+static int l_client_retry_dead(lua_State *L)
+{
+    return sx_do_retry_dead(L, sx_check_method(L, "retry_dead"));
+}
+
+/* sendx.purge_dead([ids]) -> n */
+static int l_purge_dead(lua_State *L)
+{
+    return sx_do_purge_dead(L, default_in_slot1(L, "purge_dead"));
+}
+
+/* client:purge_dead([ids]) -> n */
+static int l_client_purge_dead(lua_State *L)
+{
+    return sx_do_purge_dead(L, sx_check_method(L, "purge_dead"));
+}
+
+/* ---------------------------------------------------------------------------
  * Loading
  * ------------------------------------------------------------------------ */
 
@@ -302,6 +365,10 @@ static const luaL_Reg client_methods[] = {
     { "flush", l_client_flush },
     { "stats", l_client_stats },
     { "fd", l_client_fd },
+    { "spool_stats", l_client_spool_stats },
+    { "dead_letters", l_client_dead_letters },
+    { "retry_dead", l_client_retry_dead },
+    { "purge_dead", l_client_purge_dead },
     { NULL, NULL },
 };
 
@@ -316,6 +383,10 @@ static const luaL_Reg module_functions[] = {
     { "track_async", l_track_async },
     { "poll", l_poll },
     { "flush", l_flush },
+    { "spool_stats", l_spool_stats },
+    { "dead_letters", l_dead_letters },
+    { "retry_dead", l_retry_dead },
+    { "purge_dead", l_purge_dead },
     { NULL, NULL },
 };
 

@@ -373,7 +373,7 @@ return function(module, methods, bridge)
   function methods.stats(self)
     local st = queue_of(self).stats
     return { queued = st.queued, in_flight = st.in_flight, sent = st.sent, failed = st.failed,
-             retried = st.retried, dropped = st.dropped }
+             retried = st.retried, dropped = st.dropped, spooled = 0 }
   end
 
   function methods.fd()

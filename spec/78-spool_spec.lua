@@ -1,0 +1,386 @@
+-- The durable spool: calls committed to SQLite survive the process (kill -9,
+-- close, outages), are sent once by one of the processes sharing the file,
+-- and end delivered or as dead letters.
+local helpers = require "spec.helpers"
+local sendx = require "sendx"
+local cjson = require "cjson"
+local socket = require "socket"
+
+local LUA = os.getenv("SENDX_TEST_LUA") or "lua5.4"
+local BUILD = os.getenv("SENDX_TEST_BUILD") or "build/lua5.4"
+
+local function tmp_spool()
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir -p " .. dir))
+  return dir .. "/calls.spool", function() os.execute("rm -rf " .. dir) end
+end
+
+local function wait_for(pred, timeout, what)
+  local deadline = socket.gettime() + timeout
+  while socket.gettime() < deadline do
+    if pred() then return true end
+    socket.sleep(0.05)
+  end
+  error("timed out waiting for " .. what, 2)
+end
+
+-- The email of each request the mock received, with how many times.
+local function emails_seen(m)
+  local seen, order = {}, {}
+  for _, r in ipairs(m:requests()) do
+    local email
+    if r.path:match("identify") then
+      email = cjson.decode(r.body).email
+    else
+      email = r.args.email
+    end
+    seen[email] = (seen[email] or 0) + 1
+    order[#order + 1] = { email = email, body = r.body }
+  end
+  return seen, order
+end
+
+local function count(t)
+  local n = 0
+  for _ in pairs(t) do n = n + 1 end
+  return n
+end
+
+-- A Lua script in the background (its output in a log file); returns its pid.
+local function background(script)
+  local f = os.tmpname()
+  local h = assert(io.open(f, "w"))
+  h:write(script)
+  h:close()
+  local p = io.popen(string.format("LUA_CPATH='%s/?.so;;' %s %s >%s.log 2>&1 & echo $!",
+    BUILD, LUA, f, f))
+  local pid = p:read("*l")
+  p:close()
+  return pid, f
+end
+
+local function client_src(m, spool, extra)
+  return string.format([[
+    local sendx = require "sendx"
+    local client = sendx.new { api_key = %q, team_id = %q, base_url = %q, spool = %q %s }
+  ]], m.api_key, m.team_id, m.url, spool, extra and (", " .. extra) or "")
+end
+
+describe("spool #spool", function()
+  local m = helpers.with_mock { tls = false }
+
+  local function new(spool, over)
+    local o = { spool = spool }
+    for k, v in pairs(over or {}) do o[k] = v end
+    return helpers.client(sendx, m, o)
+  end
+
+  it("commits each call before *_async returns, delivers it, runs its callback and empties the spool", function()
+    local path, clean = tmp_spool()
+    finally(clean)
+    local c = new(path)
+    local results = {}
+    for i = 1, 50 do
+      assert.is_true(c:identify_async({ email = "s" .. i .. "@example.com", tags = { "t" } },
+        function(res, err) results[#results + 1] = res and "ok" or err end))
+    end
+    assert.is_true(c:track_async("s1@example.com", { addTags = { "x" } }))
+    assert.is_true(c:flush(10))
+    assert.equal(50, #results)
+    for _, r in ipairs(results) do assert.equal("ok", r) end
+    local st = c:stats()
+    assert.equal(51, st.spooled)
+    assert.equal(51, st.sent)
+    assert.equal(0, st.queued)
+    assert.same({ pending = 0, dead = 0, bytes = 0, oldest_age = 0 }, c:spool_stats())
+    assert.equal(51, #m:requests())
+    c:close()
+  end)
+
+  it("creates the file with mode 0600 and refuses what is not a spool, naming the path", function()
+    local path, clean = tmp_spool()
+    finally(clean)
+    new(path):close()
+    local p = io.popen("stat -c %a " .. path)
+    assert.equal("600", p:read("*l"))
+    p:close()
+    local err = helpers.raised(new, (path:gsub("/calls.spool$", "/no/such/dir/x.spool")))
+    assert.matches("spool '.-/no/such/dir/x.spool'", err)
+    local garbage = path .. ".garbage"
+    local f = assert(io.open(garbage, "w"))
+    f:write(string.rep("not a database at all\n", 200))
+    f:close()
+    err = helpers.raised(new, garbage)
+    assert.matches("not a sendx spool", err, 1, true)
+    assert.matches(garbage, err, 1, true)
+    local other = path .. ".other"
+    assert(os.execute("sqlite3 " .. other .. " 'CREATE TABLE t(x); INSERT INTO t VALUES (1);'"))
+    err = helpers.raised(new, other)
+    assert.matches("not a sendx spool (another SQLite database)", err, 1, true)
+  end)
+
+  it("raises on bad input and writes nothing", function()
+    local path, clean = tmp_spool()
+    finally(clean)
+    local c = new(path)
+    assert.matches("emial", helpers.raised(c.identify_async, c, { emial = "x@example.com" }))
+    assert.matches("callback", helpers.raised(c.track_async, c, "a@example.com", { addTags = { "x" } }, 42))
+    assert.equal(0, c:spool_stats().pending)
+    assert.equal(0, c:stats().spooled)
+    c:close()
+    assert.equal(0, #m:requests())
+  end)
+
+  it("answers nil, 'spool full' at spool_max_bytes, counts it as dropped, and delivers what it took", function()
+    local path, clean = tmp_spool()
+    finally(clean)
+    m:fault { delay = 2, times = 1 } -- the first call holds the line while the spool fills
+    local c = new(path, { spool_max_bytes = 65536, max_in_flight = 1 })
+    local accepted, refused, msg = 0, 0, nil
+    for i = 1, 2000 do
+      local ok, err = c:identify_async { email = "full" .. i .. "@example.com", firstName = string.rep("x", 50) }
+      if ok then accepted = accepted + 1 else refused = refused + 1 msg = err end
+    end
+    assert.equal("spool full", msg)
+    assert.is_true(accepted > 100 and refused > 100)
+    assert.equal(refused, c:stats().dropped)
+    assert.is_true(c:spool_stats().bytes <= 65536)
+    assert.is_true(c:flush(30))
+    assert.equal(accepted, #m:requests())
+    c:close()
+  end)
+
+  it("keeps a call the server refuses as a dead letter; retry_dead sends it again, purge_dead removes it", function()
+    local path, clean = tmp_spool()
+    finally(clean)
+    local c = new(path)
+    m:fault { status = 400, times = 1 }
+    local got
+    assert(c:identify_async({ email = "bad@example.com" }, function(res, msg, info) got = { res, msg, info } end))
+    assert(c:flush(5))
+    assert.is_nil(got[1])
+    assert.equal("http", got[3].kind)
+    assert.equal(400, got[3].status)
+    local dead = c:dead_letters()
+    assert.equal(1, #dead)
+    local d = dead[1]
+    assert.equal("identify", d.op)
+    assert.equal("bad@example.com", d.email)
+    assert.equal("http", d.kind)
+    assert.equal(400, d.status)
+    assert.equal(1, d.attempts)
+    assert.is_true(#d.body > 0 and #d.body <= 1024)
+    assert.matches("bad@example.com", d.request, 1, true)
+    assert.is_true(math.abs(d.failed_at - os.time()) < 60)
+    assert.same(1, c:spool_stats().dead)
+    assert.equal(1, c:retry_dead())
+    wait_for(function() return c:spool_stats().pending == 0 end, 10, "the retried dead letter")
+    assert.equal(0, c:spool_stats().dead)
+    assert.equal(2, #m:requests())
+    assert.equal("bad@example.com", m:contact("bad@example.com").email)
+    -- purge: only the listed ids
+    m:fault { status = 422, times = 2 }
+    assert(c:track_async("p1@example.com", { addTags = { "a" } }))
+    assert(c:track_async("p2@example.com", { addTags = { "a" } }))
+    assert(c:flush(5))
+    dead = c:dead_letters()
+    assert.equal(2, #dead)
+    assert.equal(1, #c:dead_letters(1))
+    assert.equal(1, c:purge_dead { dead[1].id })
+    assert.equal(0, c:purge_dead { dead[1].id })
+    assert.equal(1, c:spool_stats().dead)
+    assert.equal(1, c:purge_dead())
+    assert.equal(0, c:spool_stats().dead)
+    c:close()
+  end)
+
+  it("retries a retryable failure without an attempt limit until spool_max_age, then buries it", function()
+    local path, clean = tmp_spool()
+    finally(clean)
+    m:fault { status = 503, times = 1000 }
+    local c = new(path, { spool_max_age = 2, retries = 0 })
+    local got
+    assert(c:identify_async({ email = "old@example.com" }, function(res, msg, info) got = { res, msg, info } end))
+    assert.is_true(c:flush(15))
+    assert.equal("http", got[3].kind)
+    assert.equal(503, got[3].status)
+    local d = c:dead_letters()[1]
+    assert.matches("gave up after spool_max_age", d.message, 1, true)
+    assert.equal(503, d.status)
+    assert.is_true(d.attempts >= 3, "attempts " .. d.attempts) -- retries = 0 does not apply
+    assert.is_true(c:stats().retried >= 2)
+    c:close()
+  end)
+
+  it("close(timeout) leaves undelivered calls on disk, not as 'shutdown'; the next client delivers them", function()
+    local path, clean = tmp_spool()
+    finally(clean)
+    m:fault { delay = 1.5, times = 1 }
+    local c = new(path, { max_in_flight = 1 })
+    local called = 0
+    for i = 1, 5 do
+      assert(c:identify_async({ email = "later" .. i .. "@example.com" }, function() called = called + 1 end))
+    end
+    assert.is_nil((c:close(0.2)))
+    assert.equal(0, called)
+    local left = sendx.new { api_key = m.api_key, team_id = m.team_id, base_url = "http://127.0.0.1:9/api/v1", spool = path }
+    assert.is_true(left:spool_stats().pending >= 4)
+    left:close(0)
+    local again = new(path)
+    wait_for(function() return again:spool_stats().pending == 0 end, 10, "the calls left on disk")
+    local seen = emails_seen(m)
+    for i = 1, 5 do assert.is_true(seen["later" .. i .. "@example.com"] >= 1) end
+    again:close()
+  end)
+
+  it("reports failures of recovered calls (no callback here) to on_error(message, info)", function()
+    local path, clean = tmp_spool()
+    finally(clean)
+    local c = sendx.new { api_key = m.api_key, team_id = m.team_id, base_url = "http://127.0.0.1:9/api/v1",
+                          spool = path, connect_timeout = 0.2 }
+    c:close(0) -- nothing delivered: the calls stay
+    c = sendx.new { api_key = m.api_key, team_id = m.team_id, base_url = "http://127.0.0.1:9/api/v1", spool = path }
+    assert(c:identify_async { email = "orphan@example.com" })
+    c:close(0)
+    m:fault { status = 400, times = 1 }
+    local reported
+    local r = new(path, { on_error = function(msg, info) reported = { msg, info } end })
+    wait_for(function() r:poll() return reported ~= nil end, 10, "on_error")
+    assert.equal("http", reported[2].kind)
+    assert.equal(400, reported[2].status)
+    assert.equal(1, #r:dead_letters())
+    r:close()
+  end)
+
+  it("after kill -9 with 1000 calls pending, a new process delivers them all; only calls in flight go twice, increments never", function()
+    local path, clean = tmp_spool()
+    finally(clean)
+    m:fault { delay = 0.5, times = 32 }
+    local ready = path .. ".ready"
+    local pid = background(client_src(m, path, "max_in_flight = 16") .. string.format([[
+      for i = 1, 1000 do
+        local contact = { email = "k" .. i .. "@example.com", firstName = "K" }
+        if i %% 10 == 0 then contact.customFields = { logins = "++1" } end
+        assert(client:identify_async(contact))
+      end
+      io.open(%q, "w"):close()
+      require("socket").sleep(60)
+    ]], ready))
+    wait_for(function() local f = io.open(ready) if f then f:close() end return f ~= nil end, 20, "the child")
+    socket.sleep(0.2)
+    os.execute("kill -9 " .. pid)
+    local c = new(path, { max_in_flight = 16 })
+    wait_for(function() return c:spool_stats().pending == 0 end, 60, "the recovered calls")
+    local seen = emails_seen(m)
+    local twice, lost = 0, {}
+    for _, d in ipairs(c:dead_letters()) do
+      assert.equal("unknown_outcome", d.kind)
+      lost[d.email] = true
+    end
+    for i = 1, 1000 do
+      local e, n = "k" .. i .. "@example.com", seen["k" .. i .. "@example.com"] or 0
+      if i % 10 == 0 then
+        assert.is_true(n <= 1, e .. " (an increment) was sent " .. n .. " times")
+        assert.is_true(n == 1 or lost[e], e .. " was never sent")
+      else
+        assert.is_true(n >= 1, e .. " was never sent")
+        assert.is_nil(lost[e])
+        if n > 1 then twice = twice + 1 end
+      end
+    end
+    assert.is_true(twice <= 16, twice .. " calls sent twice")
+    c:close()
+  end)
+
+  it("four processes x 1000 calls on one spool: 4000 delivered, each once", function()
+    local path, clean = tmp_spool()
+    finally(clean)
+    new(path):close() -- created once, before the four race to open it
+    local waits = {}
+    for p = 1, 4 do
+      waits[p] = helpers.spawn_script(client_src(m, path) .. string.format([[
+        for i = 1, 1000 do assert(client:identify_async { email = "p%d-" .. i .. "@example.com" }) end
+        assert(client:flush(60))
+        local st = client:stats()
+        assert(st.spooled == 1000 and st.sent == 1000, st.sent .. " sent, " .. st.failed .. " failed")
+        client:close()
+      ]], p))
+    end
+    for p = 1, 4 do assert.is_true(waits[p](), "process " .. p) end
+    local seen = emails_seen(m)
+    assert.equal(4000, count(seen))
+    for e, n in pairs(seen) do assert.equal(1, n, e) end
+    assert.equal(4000, #m:requests())
+  end)
+
+  it("#slow outage: the server down for 30 s with 2000 calls queued, then up: all delivered, in order per contact", function()
+    local path, clean = tmp_spool()
+    finally(clean)
+    local c = new(path, { connect_timeout = 0.5 })
+    m:kill()
+    for i = 1, 2000 do
+      local who = "o" .. (i % 200) .. "@example.com"
+      assert(c:identify_async { email = who, firstName = "v" .. i })
+    end
+    socket.sleep(30)
+    m:restart()
+    assert.is_true(c:flush(120))
+    assert.equal(0, c:spool_stats().pending)
+    assert.equal(0, c:spool_stats().dead)
+    local _, order = emails_seen(m)
+    assert.equal(2000, #order)
+    local last = {}
+    for _, r in ipairs(order) do
+      local v = tonumber(cjson.decode(r.body).firstName:match("%d+"))
+      assert.is_true(v > (last[r.email] or 0), r.email .. ": v" .. v .. " after v" .. tostring(last[r.email]))
+      last[r.email] = v
+    end
+    c:close()
+  end)
+
+  it("a full disk: nil and a message naming the path; earlier calls intact and delivered", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. dir))
+    finally(function() os.execute("umount " .. dir .. " 2>/dev/null; rm -rf " .. dir) end)
+    if not os.execute("mount -t tmpfs -o size=12m tmpfs " .. dir .. " 2>/dev/null") then
+      pending("mounting a small tmpfs needs root")
+      return
+    end
+    local path = dir .. "/calls.spool"
+    m:fault { delay = 3, times = 1 }
+    local c = new(path, { max_in_flight = 1 })
+    local accepted, msg = 0, nil
+    for i = 1, 20000 do
+      local ok, err = c:identify_async { email = "disk" .. i .. "@example.com", lastName = string.rep("y", 2000) }
+      if not ok then msg = err break end
+      accepted = accepted + 1
+    end
+    assert.is_truthy(msg, "the disk never filled")
+    assert.matches(path, msg, 1, true)
+    assert.matches("disk is full", msg, 1, true)
+    assert.is_true(accepted > 10)
+    assert.is_true(c:flush(60))
+    local seen = emails_seen(m)
+    for i = 1, accepted do assert.equal(1, seen["disk" .. i .. "@example.com"], "disk" .. i) end
+    c:close()
+  end)
+
+  it("configure{ spool = ... } (and SENDX_SPOOL) gives the module-level calls a spool", function()
+    local path, clean = tmp_spool()
+    finally(clean)
+    assert.is_true(helpers.run_script(string.format([[
+      local sendx = require "sendx"
+      assert(sendx.identify_async { email = "env@example.com" })
+      assert(sendx.flush(10))
+      assert(sendx.spool_stats().pending == 0)
+      assert(#sendx.dead_letters() == 0)
+    ]]), string.format("SENDX_API_KEY=%s SENDX_TEAM_ID=%s SENDX_BASE_URL=%s SENDX_SPOOL=%s",
+      m.api_key, m.team_id, m.url, path)))
+    assert.equal(1, emails_seen(m)["env@example.com"])
+    local err = helpers.raised(sendx.configure, { api_key = m.api_key, team_id = m.team_id, spool_sync = "sometimes" })
+    assert.matches("spool_sync: expected 'normal' or 'full'", err, 1, true)
+    assert.matches("no spool", helpers.raised(helpers.offline_client(sendx).spool_stats, helpers.offline_client(sendx)))
+  end)
+end)

@@ -1,0 +1,267 @@
+/*
+ * async_spool.c - the worker's side of the durable spool: claiming due calls
+ * into the queue, settling each attempt on disk (delivered: deleted; a
+ * retry: due again later; final failure: a dead letter), giving claims back
+ * when the client closes. The policy is the one of every transport
+ * (sx_policy_next), without an attempt limit and with waits up to 5 minutes;
+ * spool_max_age ends the retries.
+ */
+#include "async_impl.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define SPOOL_MAX_WAIT_MS 300000L /* backoff and Retry-After: at most 5 minutes */
+#define EXCERPT_MAX 1024          /* of a failed answer's body, kept with a dead letter */
+#define LOOK_EVERY_MS 1000        /* for calls other processes left, or that fell due */
+
+static int retry_unsettled(sx_async *a);
+
+static double now_epoch(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+void sx_spool_slot_policy(sx_policy *p)
+{
+    p->retries = -1;
+    p->max_backoff_ms = SPOOL_MAX_WAIT_MS;
+    p->max_retry_wait_ms = SPOOL_MAX_WAIT_MS;
+}
+
+/* ---------------------------------------------------------------------------
+ * Claiming
+ * ------------------------------------------------------------------------ */
+
+typedef struct feed {
+    sx_async *a;
+    sx_job *head, *tail;
+    long n;
+    size_t bytes;
+    int failed; /* out of memory: the claim stays until its lease ends */
+} feed;
+
+/* One claimed row becomes a job (url = base + path). */
+static void take_row(void *ud, const sx_spool_row *row)
+{
+    feed *f = ud;
+    size_t blen = strlen(f->a->base), plen = strlen(row->path);
+    char *url = malloc(blen + plen + 1);
+    sx_job *j;
+    if (url == NULL) {
+        f->failed = 1;
+        return;
+    }
+    memcpy(url, f->a->base, blen);
+    memcpy(url + blen, row->path, plen + 1);
+    j = sx_job_new(url, row->body, row->len, row->idempotent);
+    free(url);
+    if (j == NULL) {
+        f->failed = 1;
+        return;
+    }
+    j->spool_id = row->id;
+    j->attempts = row->attempts;
+    j->created = row->created;
+    j->mine = row->mine;
+    j->ref = row->cb_ref;
+    /* this client's calls come back when they have a callback; recovered
+     * ones when they fail and on_error wants them (see sx_spool_settle) */
+    j->keep = row->mine ? row->cb_ref >= 0 : f->a->o.report;
+    sx_append(&f->head, &f->tail, j);
+    f->n++;
+    f->bytes += j->len;
+}
+
+void sx_spool_feed(sx_async *a)
+{
+    long long now = sx_now_ms();
+    double next_due = 0;
+    int room, n, lost = 0, look;
+    feed f;
+    pthread_mutex_lock(&a->mu);
+    room = a->nslots - (int)a->nin_flight - (int)a->npending;
+    look = !a->stopping && room > 0 && (a->spool_dirty || now >= a->next_look_ms);
+    if (look)
+        a->spool_dirty = 0;
+    pthread_mutex_unlock(&a->mu);
+    if (!look)
+        return;
+    if (retry_unsettled(a) != 0) { /* no new claims while the disk refuses */
+        a->next_look_ms = now + LOOK_EVERY_MS;
+        return;
+    }
+    memset(&f, 0, sizeof f);
+    f.a = a;
+    n = sx_spool_claim(a->o.spool, room, a->o.lease_s, take_row, &f, &next_due, &lost);
+    pthread_mutex_lock(&a->mu);
+    if (n >= 0 && f.head != NULL) {
+        if (a->pending_tail != NULL)
+            a->pending_tail->next = f.head;
+        else
+            a->pending = f.head;
+        a->pending_tail = f.tail;
+        a->npending += f.n;
+        a->pending_bytes += f.bytes;
+    } else {
+        while (f.head != NULL) { /* the claim was rolled back */
+            sx_job *j = f.head;
+            f.head = j->next;
+            sx_job_free(j);
+        }
+    }
+    a->failed += lost;
+    pthread_mutex_unlock(&a->mu);
+    if (n < 0 || f.failed)
+        a->next_look_ms = now + LOOK_EVERY_MS;
+    else if (n == room)
+        a->next_look_ms = now; /* more may be due: look when a slot frees */
+    else if (next_due > 0 && (next_due - now_epoch()) * 1000 < LOOK_EVERY_MS)
+        a->next_look_ms = now + (long long)((next_due - now_epoch()) * 1000) + 1;
+    else
+        a->next_look_ms = now + LOOK_EVERY_MS;
+}
+
+long sx_spool_sleep_ms(sx_async *a, long ms)
+{
+    long long left = a->next_look_ms - sx_now_ms();
+    int room = a->nslots - (int)a->nin_flight;
+    if (room <= 0)
+        return ms;
+    if (left < 0)
+        left = 0;
+    return left < ms ? (long)left : ms;
+}
+
+/* ---------------------------------------------------------------------------
+ * Settling
+ * ------------------------------------------------------------------------ */
+
+/* What a final failure leaves in the dead letter. */
+static int bury(sx_async *a, sx_job *j, sx_kind kind)
+{
+    size_t n = j->response_len < EXCERPT_MAX ? j->response_len : EXCERPT_MAX;
+    const char *msg = j->r.message;
+    char buf[80];
+    if (msg == NULL) {
+        snprintf(buf, sizeof buf, "HTTP %ld", j->r.status);
+        msg = buf;
+    }
+    return sx_spool_bury(a->o.spool, j->spool_id, j->attempts, sx_kind_name(kind), j->r.status,
+                         msg, j->response, n);
+}
+
+/* The retries ran past spool_max_age: the call is dead with its last error. */
+static void expire(sx_job *j)
+{
+    char last[sizeof j->message];
+    snprintf(last, sizeof last, "%s", j->r.message != NULL ? j->r.message : "");
+    if (last[0] == '\0')
+        snprintf(last, sizeof last, "HTTP %ld", j->r.status);
+    snprintf(j->message, sizeof j->message, "gave up after spool_max_age: %.200s", last);
+    j->r.message = j->message;
+    j->r.retryable = 0;
+}
+
+enum { SETTLE_DELIVERED = 1, SETTLE_RETRY, SETTLE_BURY };
+
+/* Records j's outcome on disk; 0 on success. */
+static int record(sx_async *a, sx_job *j)
+{
+    switch (j->settle) {
+    case SETTLE_DELIVERED:
+        return sx_spool_delivered(a->o.spool, j->spool_id);
+    case SETTLE_RETRY:
+        return sx_spool_retry(a->o.spool, j->spool_id, j->attempts, j->retry_at);
+    default:
+        return bury(a, j, j->r.kind == SX_OK ? sx_policy_judge_body(j->response ? j->response : "",
+                                                                    j->response_len)
+                                             : j->r.kind);
+    }
+}
+
+/* Under mu, once recorded: counted, and handed back (or freed). */
+static void settled(sx_async *a, sx_job *j)
+{
+    if (j->settle == SETTLE_RETRY) {
+        a->retried++;
+        sx_job_free(j);
+        return;
+    }
+    if (j->mine)
+        a->own--;
+    sx_complete(a, j);
+}
+
+void sx_spool_settle(sx_async *a, sx_job *j, sx_conn *slot, long wait)
+{
+    sx_kind final = j->r.kind;
+    double now = now_epoch();
+    int rc;
+    (void)slot;
+    if (final == SX_OK)
+        final = sx_policy_judge_body(j->response ? j->response : "", j->response_len);
+    if (final == SX_OK) {
+        j->settle = SETTLE_DELIVERED;
+        if (!j->mine)
+            j->keep = 0; /* a recovered call reports failures only */
+    } else if (wait >= 0 && now + wait / 1000.0 - j->created <= a->o.max_age) {
+        j->settle = SETTLE_RETRY;
+        j->retry_at = now + wait / 1000.0;
+    } else {
+        j->settle = SETTLE_BURY;
+        if (wait >= 0)
+            expire(j);
+    }
+    rc = record(a, j);
+    pthread_mutex_lock(&a->mu);
+    a->nin_flight--;
+    if (rc == 0)
+        settled(a, j);
+    pthread_mutex_unlock(&a->mu);
+    if (rc != 0) { /* the disk refused (full?): tried again before any claim */
+        j->next = a->unsettled;
+        a->unsettled = j;
+    }
+}
+
+/* The outcomes the disk refused, again; 0 when none is left. */
+static int retry_unsettled(sx_async *a)
+{
+    while (a->unsettled != NULL) {
+        sx_job *j = a->unsettled;
+        if (record(a, j) != 0)
+            return -1;
+        a->unsettled = j->next;
+        pthread_mutex_lock(&a->mu);
+        settled(a, j);
+        pthread_mutex_unlock(&a->mu);
+    }
+    return 0;
+}
+
+void sx_spool_cut(sx_async *a, sx_job *j, int sent)
+{
+    if (sent && !j->idempotent) {
+        /* it may have arrived: never sent twice, and its callback says so */
+        j->r.kind = SX_UNKNOWN_OUTCOME;
+        j->r.status = 0;
+        j->r.retryable = 0;
+        j->r.attempts = j->attempts;
+        j->r.message = SX_MSG_UNKNOWN_OUTCOME;
+        if (sx_spool_bury(a->o.spool, j->spool_id, j->attempts, "unknown_outcome", 0,
+                          SX_MSG_UNKNOWN_OUTCOME, NULL, 0) == 0) {
+            if (j->mine)
+                a->own--;
+            sx_complete(a, j);
+            return;
+        }
+    } else {
+        sx_spool_unclaim(a->o.spool, j->spool_id);
+    }
+    sx_job_free(j); /* stays on disk; the client's release frees its callback */
+}
