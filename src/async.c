@@ -116,6 +116,7 @@ int sx_async_submit(sx_async *a, sx_job *j)
 
 void sx_async_spooled(sx_async *a, int accepted)
 {
+    int wake;
     pthread_mutex_lock(&a->mu);
     if (accepted > 0) {
         a->spooled++;
@@ -123,9 +124,12 @@ void sx_async_spooled(sx_async *a, int accepted)
     } else if (accepted == 0) {
         a->dropped++;
     }
+    /* once per look, and only when a slot could take the call */
+    wake = !a->spool_dirty && a->nin_flight + a->npending < a->nslots;
     a->spool_dirty = 1;
     pthread_mutex_unlock(&a->mu);
-    curl_multi_wakeup(a->multi);
+    if (wake)
+        curl_multi_wakeup(a->multi);
 }
 
 sx_job *sx_async_take(sx_async *a)
@@ -290,6 +294,7 @@ static void keep_outcome(sx_job *j, sx_conn *slot)
 static int collect(sx_async *a)
 {
     CURLMsg *m;
+    sx_job *spooled = NULL; /* settled on disk together, after the loop */
     int left, i, freed = 0;
     while ((m = curl_multi_info_read(a->multi, &left)) != NULL) {
         sx_job *j;
@@ -307,7 +312,9 @@ static int collect(sx_async *a)
         wait = sx_conn_finish(&a->slots[i], rc, j->idempotent, j->attempts, &j->r);
         if (j->spool_id != 0) {
             keep_outcome(j, &a->slots[i]);
-            sx_spool_settle(a, j, &a->slots[i], wait);
+            sx_spool_decide(a, j, wait);
+            j->next = spooled;
+            spooled = j;
             continue;
         }
         pthread_mutex_lock(&a->mu);
@@ -324,6 +331,8 @@ static int collect(sx_async *a)
         }
         pthread_mutex_unlock(&a->mu);
     }
+    if (spooled != NULL)
+        sx_spool_settle(a, spooled);
     return freed;
 }
 

@@ -42,6 +42,7 @@ struct sx_async {
     sx_conn slots[MAX_SLOTS];
     sx_job *busy[MAX_SLOTS];
     long long next_look_ms;        /* spool: when to look for due calls again */
+    long long last_claim_ms;       /* spool: when it last claimed */
     sx_job *unsettled;             /* spool: outcomes the disk refused, tried again */
     char *base;                    /* spool: the base URL (o.base, copied) */
 };
@@ -63,9 +64,13 @@ void sx_spool_slot_policy(sx_policy *p);
 void sx_spool_feed(sx_async *a);
 
 /* A spooled call's attempt finished (wait: the policy's verdict, < 0 when
- * final): delivered, back on disk for a retry, or buried; then counted and
- * handed back or freed. Takes mu. */
-void sx_spool_settle(sx_async *a, sx_job *j, sx_conn *slot, long wait);
+ * final): decides whether it is delivered, due again later, or buried. */
+void sx_spool_decide(sx_async *a, sx_job *j, long wait);
+
+/* Records the decided calls of list (linked by next) on disk in one
+ * transaction, then counts them and hands them back or frees them. Takes
+ * mu. */
+void sx_spool_settle(sx_async *a, sx_job *list);
 
 /* Under mu, stopping: a claimed call goes back to the spool (an increment
  * already sent is buried as "unknown_outcome"); the job is freed. */

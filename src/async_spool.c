@@ -16,6 +16,7 @@
 #define SPOOL_MAX_WAIT_MS 300000L /* backoff and Retry-After: at most 5 minutes */
 #define EXCERPT_MAX 1024          /* of a failed answer's body, kept with a dead letter */
 #define LOOK_EVERY_MS 1000        /* for calls other processes left, or that fell due */
+#define CLAIM_GAP_MS 2            /* between claims while calls keep coming */
 
 static int retry_unsettled(sx_async *a);
 
@@ -83,14 +84,22 @@ void sx_spool_feed(sx_async *a)
     double next_due = 0;
     int room, n, lost = 0, look;
     feed f;
+    sx_spool_upkeep(a->o.spool);
     pthread_mutex_lock(&a->mu);
     room = a->nslots - (int)a->nin_flight - (int)a->npending;
-    look = !a->stopping && room > 0 && (a->spool_dirty || now >= a->next_look_ms);
+    /* a call just added is claimed at once when the worker is idle, else
+     * with those that follow it within CLAIM_GAP_MS: one transaction for many */
+    look = !a->stopping && room > 0 &&
+           (now >= a->next_look_ms ||
+            (a->spool_dirty && (room == a->nslots || now >= a->last_claim_ms + CLAIM_GAP_MS)));
     if (look)
         a->spool_dirty = 0;
+    else if (a->spool_dirty && room > 0 && a->next_look_ms > a->last_claim_ms + CLAIM_GAP_MS)
+        a->next_look_ms = a->last_claim_ms + CLAIM_GAP_MS;
     pthread_mutex_unlock(&a->mu);
     if (!look)
         return;
+    a->last_claim_ms = now;
     if (retry_unsettled(a) != 0) { /* no new claims while the disk refuses */
         a->next_look_ms = now + LOOK_EVERY_MS;
         return;
@@ -197,12 +206,10 @@ static void settled(sx_async *a, sx_job *j)
     sx_complete(a, j);
 }
 
-void sx_spool_settle(sx_async *a, sx_job *j, sx_conn *slot, long wait)
+void sx_spool_decide(sx_async *a, sx_job *j, long wait)
 {
     sx_kind final = j->r.kind;
     double now = now_epoch();
-    int rc;
-    (void)slot;
     if (final == SX_OK)
         final = sx_policy_judge_body(j->response ? j->response : "", j->response_len);
     if (final == SX_OK) {
@@ -217,15 +224,31 @@ void sx_spool_settle(sx_async *a, sx_job *j, sx_conn *slot, long wait)
         if (wait >= 0)
             expire(j);
     }
-    rc = record(a, j);
+}
+
+void sx_spool_settle(sx_async *a, sx_job *list)
+{
+    sx_job *j, *next;
+    int ok = sx_spool_batch(a->o.spool) == 0, n = 0;
+    for (j = list; j != NULL && ok; j = j->next)
+        ok = record(a, j) == 0;
+    if (list != NULL && (sx_spool_batch_end(a->o.spool, ok) != 0 || !ok))
+        ok = 0;
     pthread_mutex_lock(&a->mu);
-    a->nin_flight--;
-    if (rc == 0)
-        settled(a, j);
+    for (j = list; j != NULL; j = next) {
+        next = j->next;
+        n++;
+        if (ok)
+            settled(a, j);
+    }
+    a->nin_flight -= n;
     pthread_mutex_unlock(&a->mu);
-    if (rc != 0) { /* the disk refused (full?): tried again before any claim */
-        j->next = a->unsettled;
-        a->unsettled = j;
+    if (!ok) { /* the disk refused (full?): tried again, one by one, before any claim */
+        for (j = list; j != NULL; j = next) {
+            next = j->next;
+            j->next = a->unsettled;
+            a->unsettled = j;
+        }
     }
 }
 

@@ -49,6 +49,9 @@ typedef struct sx_client {
     unsigned long long token; /* this client, in the rows it adds */
     sx_buf spool_path;   /* NUL-terminated; empty: no spool */
     sx_spool_opts sopts;
+    pthread_mutex_t spool_mu; /* the writes of the caller's and the worker's connections */
+    int wal_pages;       /* under spool_mu: see sx_spool_opts */
+    int has_spool_mu;
     char key_tail[8];    /* what tostring may show of the key */
     const char *missing; /* default client without credentials: why */
 } sx_client;

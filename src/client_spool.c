@@ -28,10 +28,16 @@ static unsigned long long new_token(void)
     return (t & 0x7fffffffffffffffULL) | 1; /* a positive SQLite integer */
 }
 
-static sx_spool *open_or_raise(lua_State *L, sx_client *c)
+/* A connection to the client's spool: the caller's, or the worker's. */
+static sx_spool *open_or_raise(lua_State *L, sx_client *c, int worker)
 {
     char err[600];
-    sx_spool *s = sx_spool_open(c->spool_path.data, &c->sopts, c->token, err, sizeof err);
+    sx_spool_opts o = c->sopts;
+    sx_spool *s;
+    o.worker = worker;
+    o.lock = &c->spool_mu;
+    o.wal_pages = &c->wal_pages;
+    s = sx_spool_open(c->spool_path.data, &o, c->token, err, sizeof err);
     if (s == NULL)
         luaL_error(L, "%s", err);
     return s;
@@ -46,7 +52,10 @@ void sx_open_spool(lua_State *L, sx_client *c, const char *path, const sx_config
     c->sopts.max_age = o->spool_max_age_ms / 1000.0;
     c->sopts.sync_full = o->spool_sync;
     c->token = new_token();
-    c->spool = open_or_raise(L, c);
+    if (pthread_mutex_init(&c->spool_mu, NULL) != 0)
+        luaL_error(L, "sendx: spool: no mutex");
+    c->has_spool_mu = 1;
+    c->spool = open_or_raise(L, c, 0);
     c->spool_pid = getpid();
 }
 
@@ -60,7 +69,10 @@ sx_spool *sx_caller_spool(lua_State *L, sx_client *c)
     }
     if (c->spool == NULL) {
         c->token = new_token(); /* a forked child is another client */
-        c->spool = open_or_raise(L, c);
+        /* the parent's lock, copied unlocked (its worker holds still
+         * outside the spool at fork: see async.c) */
+        pthread_mutex_init(&c->spool_mu, NULL);
+        c->spool = open_or_raise(L, c, 0);
         c->spool_pid = getpid();
     }
     return c->spool;
@@ -71,7 +83,7 @@ void sx_worker_spool(lua_State *L, sx_client *c, sx_async_opts *o)
     o->spool = NULL;
     if (sx_caller_spool(L, c) == NULL)
         return;
-    o->spool = open_or_raise(L, c);
+    o->spool = open_or_raise(L, c, 1);
     o->base = c->base.data;
     /* a claim outlives any attempt; then a dead process's calls are taken */
     o->lease_s = 2.0 * (c->timeout_ms + c->connect_timeout_ms) / 1000.0 + 30.0;
@@ -95,6 +107,9 @@ void sx_close_spool(lua_State *L, sx_client *c)
         }
         c->spool = NULL;
     }
+    if (c->has_spool_mu && c->spool_pid == getpid()) /* the worker's connection is closed */
+        pthread_mutex_destroy(&c->spool_mu);
+    c->has_spool_mu = 0;
     sx_buf_free(&c->spool_path);
 }
 

@@ -5,8 +5,9 @@
  * may be sent twice (idempotent), its origin (the client that added it: a
  * random token, with its process's pid and start time) and, while a process
  * sends it, a claim (pid, start time, lease). Dead letters stay in the table
- * with dead = 1 and why. A trigger keeps the bytes on disk in spool_size, so
- * that the size limit holds across processes.
+ * with dead = 1 and why. The size limit counts the database's pages in use,
+ * so that it holds across processes. Only the worker's connection
+ * checkpoints the WAL: adding a call never waits for the disk.
  */
 #include "spool.h"
 #include "policy.h" /* SX_MSG_UNKNOWN_OUTCOME */
@@ -31,9 +32,10 @@
  * spool drains instead of sticking on a full disk. */
 #define DISK_RESERVE (4L << 20)
 #define ALIVE_CACHE 8
+#define CHECKPOINT_PAGES 1000 /* SQLite's own default, run by the worker instead */
 
 enum { ST_ADD, ST_CLAIM_SELECT, ST_CLAIM, ST_NEXT_DUE, ST_DELIVERED, ST_RETRY, ST_BURY,
-       ST_UNCLAIM, ST_COUNT };
+       ST_UNCLAIM, ST_USED, ST_COUNT };
 
 typedef struct alive_entry {
     long long pid, start;
@@ -42,6 +44,12 @@ typedef struct alive_entry {
 
 struct sx_spool {
     sqlite3 *db;
+    long long page_size;
+    long long used;                 /* bytes in use: an estimate that only errs high */
+    int used_known;                 /* used was read since the last resync */
+    int adds;                       /* since the free space was checked */
+    int low_space;                  /* the last check found little */
+    int in_batch;                   /* sx_spool_batch: the lock is held already */
     sqlite3_stmt *st[ST_COUNT];
     sx_spool_opts o;
     unsigned long long token;
@@ -54,10 +62,8 @@ struct sx_spool {
 };
 
 static const char *const sql[ST_COUNT] = {
-    /* ST_ADD: nothing is inserted when the spool is full */
     "INSERT INTO calls(op, email, path, body, idempotent, created, due, origin_tok, origin_pid,"
-    " origin_start, cb_ref) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10"
-    " WHERE (SELECT bytes FROM spool_size) + ?11 <= ?12",
+    " origin_start, cb_ref) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10)",
     /* ST_CLAIM_SELECT: due, this client's or nobody's (a closed client's, a
      * dead process's), not in flight elsewhere, the oldest of its contact */
     "SELECT id, path, body, idempotent, attempts, created, origin_tok = ?2, cb_ref,"
@@ -79,29 +85,37 @@ static const char *const sql[ST_COUNT] = {
     " excerpt = ?6, failed_at = ?7, claim_pid = NULL, claim_start = NULL, lease_until = NULL,"
     " origin_tok = NULL, cb_ref = NULL WHERE id = ?1",
     "UPDATE calls SET claim_pid = NULL, claim_start = NULL, lease_until = NULL WHERE id = ?1",
+    /* ST_USED: the bytes of the pages in use */
+    "SELECT ((SELECT page_count FROM pragma_page_count()) -"
+    " (SELECT freelist_count FROM pragma_freelist_count())) *"
+    " (SELECT page_size FROM pragma_page_size())",
 };
 
+/* id: no AUTOINCREMENT (its bookkeeping costs a page per call); a new id is
+ * above every id in the table, so ids keep the order calls came in, and an
+ * id is reused only after its row is gone. */
 static const char schema[] =
     "CREATE TABLE calls ("
-    " id INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, email TEXT NOT NULL,"
+    " id INTEGER PRIMARY KEY, op TEXT NOT NULL, email TEXT NOT NULL,"
     " path TEXT NOT NULL, body BLOB NOT NULL, idempotent INTEGER NOT NULL,"
     " created REAL NOT NULL, due REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
     " origin_tok INTEGER, origin_pid INTEGER, origin_start INTEGER, cb_ref INTEGER,"
     " claim_pid INTEGER, claim_start INTEGER, lease_until REAL,"
     " dead INTEGER NOT NULL DEFAULT 0, kind TEXT, status INTEGER, message TEXT,"
     " excerpt BLOB, failed_at REAL);"
-    "CREATE INDEX calls_due ON calls(dead, due);"
-    "CREATE INDEX calls_contact ON calls(email, id);"
-    "CREATE TABLE spool_size (bytes INTEGER NOT NULL);"
-    "INSERT INTO spool_size VALUES (0);"
-    "CREATE TRIGGER calls_added AFTER INSERT ON calls BEGIN"
-    " UPDATE spool_size SET bytes = bytes + length(NEW.body) + length(NEW.path); END;"
-    "CREATE TRIGGER calls_deleted AFTER DELETE ON calls BEGIN"
-    " UPDATE spool_size SET bytes = bytes - length(OLD.body) - length(OLD.path)"
-    " - coalesce(length(OLD.excerpt), 0); END;"
-    "CREATE TRIGGER calls_buried AFTER UPDATE OF excerpt ON calls BEGIN"
-    " UPDATE spool_size SET bytes = bytes + coalesce(length(NEW.excerpt), 0)"
-    " - coalesce(length(OLD.excerpt), 0); END;";
+    "CREATE INDEX calls_contact ON calls(email, id);";
+
+static void lock(sx_spool *s)
+{
+    if (s->o.lock != NULL && !s->in_batch)
+        pthread_mutex_lock(s->o.lock);
+}
+
+static void unlock(sx_spool *s)
+{
+    if (s->o.lock != NULL && !s->in_batch)
+        pthread_mutex_unlock(s->o.lock);
+}
 
 static double now_epoch(void)
 {
@@ -258,9 +272,41 @@ static int create_private(sx_spool *s)
     return 0;
 }
 
+/* After each commit (under lock): how large the WAL is. */
+static int wal_hook(void *ud, sqlite3 *db, const char *name, int pages)
+{
+    sx_spool *s = ud;
+    (void)db;
+    (void)name;
+    if (s->o.wal_pages != NULL)
+        *s->o.wal_pages = pages;
+    return SQLITE_OK;
+}
+
+void sx_spool_upkeep(sx_spool *s)
+{
+    int pages, log = 0, done = 0;
+    if (s->o.wal_pages == NULL)
+        return;
+    lock(s);
+    pages = *s->o.wal_pages;
+    unlock(s);
+    if (pages < CHECKPOINT_PAGES)
+        return;
+    /* PASSIVE: copies what no reader needs, never waits for a writer */
+    if (sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done) ==
+            SQLITE_OK && done == log) {
+        lock(s);
+        if (*s->o.wal_pages == pages)
+            *s->o.wal_pages = 0; /* the next commit starts the WAL over */
+        unlock(s);
+    }
+}
+
 static int prepare_all(sx_spool *s)
 {
     int i;
+    sqlite3_wal_hook(s->db, wal_hook, s);
     if (sqlite3_create_function(s->db, "sx_alive", 2, SQLITE_UTF8, s, sql_alive, NULL, NULL) !=
         SQLITE_OK)
         return fail(s, NULL);
@@ -285,8 +331,8 @@ sx_spool *sx_spool_open(const char *path, const sx_spool_opts *o, unsigned long 
     s->token = token;
     sx_spool_me(&s->pid, &s->start);
     snprintf(pragmas, sizeof pragmas,
-             "PRAGMA journal_mode = WAL; PRAGMA synchronous = %s; PRAGMA wal_autocheckpoint = 256;"
-             " PRAGMA journal_size_limit = 2097152;",
+             "PRAGMA journal_mode = WAL; PRAGMA synchronous = %s; PRAGMA wal_autocheckpoint = 0;"
+             " PRAGMA journal_size_limit = 16777216;",
              o->sync_full ? "FULL" : "NORMAL");
     ok = create_private(s) == 0;
     if (ok && sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
@@ -302,7 +348,8 @@ sx_spool *sx_spool_open(const char *path, const sx_spool_opts *o, unsigned long 
         fail(s, NULL);
         ok = 0;
     }
-    ok = ok && prepare_all(s) == 0;
+    ok = ok && prepare_all(s) == 0 &&
+         pragma_int(s->db, "PRAGMA page_size", &s->page_size) == SQLITE_OK;
     if (!ok) {
         snprintf(err, errlen, "%s", s->err);
         sx_spool_close(s);
@@ -342,16 +389,33 @@ const char *sx_spool_path(const sx_spool *s)
  * Adding
  * ------------------------------------------------------------------------ */
 
+/* The bytes of the pages in use, read now. */
+static int used_bytes(sx_spool *s, long long *used)
+{
+    sqlite3_stmt *st = s->st[ST_USED];
+    int rc = sqlite3_step(st);
+    *used = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 0 : -1;
+}
+
 int sx_spool_add(sx_spool *s, const char *op, const char *email, size_t elen, const char *path,
                  const char *body, size_t len, int idempotent, int cb_ref, long long *id)
 {
     sqlite3_stmt *st = s->st[ST_ADD];
     struct statvfs fs;
+    long long need = (long long)(len + strlen(path)), cost = 2 * (need + (long long)elen + 96);
     int rc;
-    if (statvfs(s->path, &fs) == 0 && (unsigned long long)fs.f_bavail * fs.f_frsize < DISK_RESERVE) {
-        snprintf(s->err, sizeof s->err, "sendx: spool '%s': the disk is full (less than %ld MiB "
-                 "free)", s->path, DISK_RESERVE >> 20);
-        return SX_SPOOL_ERROR;
+    if ((s->low_space || ++s->adds >= 64) && statvfs(s->path, &fs) == 0) {
+        unsigned long long avail = (unsigned long long)fs.f_bavail * fs.f_frsize;
+        s->adds = 0;
+        s->used_known = 0; /* the worker deleted meanwhile: read it again */
+        s->low_space = avail < 4 * (unsigned long long)DISK_RESERVE; /* then every time */
+        if (avail < DISK_RESERVE) {
+            snprintf(s->err, sizeof s->err, "sendx: spool '%s': the disk is full (less than "
+                     "%ld MiB free)", s->path, DISK_RESERVE >> 20);
+            return SX_SPOOL_ERROR;
+        }
     }
     sqlite3_bind_text(st, 1, op, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, email, (int)elen, SQLITE_STATIC);
@@ -366,22 +430,38 @@ int sx_spool_add(sx_spool *s, const char *op, const char *email, size_t elen, co
         sqlite3_bind_int(st, 10, cb_ref);
     else
         sqlite3_bind_null(st, 10);
-    sqlite3_bind_int64(st, 11, (sqlite3_int64)(len + strlen(path)));
-    sqlite3_bind_int64(st, 12, s->o.max_bytes);
+    lock(s);
+    if (!s->used_known || s->used + cost > s->o.max_bytes) { /* near the limit: exactly */
+        if (used_bytes(s, &s->used) != 0) {
+            unlock(s);
+            sqlite3_reset(st);
+            sqlite3_clear_bindings(st);
+            return fail(s, NULL);
+        }
+        s->used_known = 1;
+        if (s->used + need > s->o.max_bytes) {
+            unlock(s);
+            sqlite3_reset(st);
+            sqlite3_clear_bindings(st);
+            return SX_SPOOL_FULL;
+        }
+    }
+    s->used += cost;
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
-    if (rc != SQLITE_DONE)
-        return fail(s, NULL);
-    if (sqlite3_changes(s->db) == 0)
-        return SX_SPOOL_FULL;
+    rc = rc == SQLITE_DONE ? 0 : fail(s, NULL);
     *id = sqlite3_last_insert_rowid(s->db);
-    return 0;
+    unlock(s);
+    return rc;
 }
 
 /* ---------------------------------------------------------------------------
  * The worker's side
  * ------------------------------------------------------------------------ */
+
+static int bury_row(sx_spool *s, long long id, int attempts, const char *kind, long status,
+                    const char *message, const char *excerpt, size_t excerpt_len);
 
 static int step_done(sx_spool *s, sqlite3_stmt *st)
 {
@@ -391,12 +471,12 @@ static int step_done(sx_spool *s, sqlite3_stmt *st)
     return rc == SQLITE_DONE ? 0 : fail(s, NULL);
 }
 
-int sx_spool_begin(sx_spool *s)
+static int begin(sx_spool *s)
 {
     return sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK ? 0 : fail(s, NULL);
 }
 
-int sx_spool_commit(sx_spool *s)
+static int commit(sx_spool *s)
 {
     if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK)
         return 0;
@@ -417,7 +497,8 @@ static int claim_row(sx_spool *s, sqlite3_stmt *sel, double now, double lease_s,
     row.attempts = sqlite3_column_int(sel, 4);
     if (sqlite3_column_int(sel, 8) && !row.idempotent) { /* taken over mid-send */
         (*lost)++;
-        return sx_spool_bury(s, row.id, row.attempts, "unknown_outcome", 0, SX_MSG_UNKNOWN_OUTCOME, NULL, 0);
+        return bury_row(s, row.id, row.attempts, "unknown_outcome", 0, SX_MSG_UNKNOWN_OUTCOME,
+                        NULL, 0);
     }
     sqlite3_bind_int64(st, 1, row.id);
     sqlite3_bind_int64(st, 2, s->pid);
@@ -441,16 +522,16 @@ static int claim_row(sx_spool *s, sqlite3_stmt *sel, double now, double lease_s,
     return 1;
 }
 
-int sx_spool_claim(sx_spool *s, int max, double lease_s,
-                   void (*fn)(void *ud, const sx_spool_row *row), void *ud,
-                   double *next_due, int *lost)
+static int claim(sx_spool *s, int max, double lease_s,
+                 void (*fn)(void *ud, const sx_spool_row *row), void *ud, double *next_due,
+                 int *lost)
 {
     sqlite3_stmt *sel = s->st[ST_CLAIM_SELECT], *nd = s->st[ST_NEXT_DUE];
     double now = now_epoch();
     int n = 0, rc;
     *next_due = 0;
     s->ncache = 0;
-    if (sx_spool_begin(s) != 0)
+    if (begin(s) != 0)
         return -1;
     sqlite3_bind_double(sel, 1, now);
     sqlite3_bind_int64(sel, 2, (sqlite3_int64)s->token);
@@ -475,26 +556,78 @@ int sx_spool_claim(sx_spool *s, int max, double lease_s,
         sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
         return -1; /* the callbacks' jobs are the caller's to give back */
     }
-    return sx_spool_commit(s) == 0 ? n : -1;
+    return commit(s) == 0 ? n : -1;
+}
+
+int sx_spool_batch(sx_spool *s)
+{
+    lock(s);
+    if (begin(s) != 0) {
+        unlock(s);
+        return SX_SPOOL_ERROR;
+    }
+    s->in_batch = 1;
+    return 0;
+}
+
+int sx_spool_batch_end(sx_spool *s, int ok)
+{
+    int rc = 0;
+    s->in_batch = 0;
+    if (ok)
+        rc = commit(s);
+    else
+        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    unlock(s);
+    return ok ? rc : SX_SPOOL_ERROR;
+}
+
+int sx_spool_claim(sx_spool *s, int max, double lease_s,
+                   void (*fn)(void *ud, const sx_spool_row *row), void *ud,
+                   double *next_due, int *lost)
+{
+    int n;
+    lock(s);
+    n = claim(s, max, lease_s, fn, ud, next_due, lost);
+    unlock(s);
+    return n;
 }
 
 int sx_spool_delivered(sx_spool *s, long long id)
 {
+    int rc;
+    lock(s);
     sqlite3_bind_int64(s->st[ST_DELIVERED], 1, id);
-    return step_done(s, s->st[ST_DELIVERED]);
+    rc = step_done(s, s->st[ST_DELIVERED]);
+    unlock(s);
+    return rc;
 }
 
 int sx_spool_retry(sx_spool *s, long long id, int attempts, double due)
 {
     sqlite3_stmt *st = s->st[ST_RETRY];
+    int rc;
+    lock(s);
     sqlite3_bind_int64(st, 1, id);
     sqlite3_bind_int(st, 2, attempts);
     sqlite3_bind_double(st, 3, due);
-    return step_done(s, st);
+    rc = step_done(s, st);
+    unlock(s);
+    return rc;
 }
 
 int sx_spool_bury(sx_spool *s, long long id, int attempts, const char *kind, long status,
                   const char *message, const char *excerpt, size_t excerpt_len)
+{
+    int rc;
+    lock(s);
+    rc = bury_row(s, id, attempts, kind, status, message, excerpt, excerpt_len);
+    unlock(s);
+    return rc;
+}
+
+static int bury_row(sx_spool *s, long long id, int attempts, const char *kind, long status,
+                    const char *message, const char *excerpt, size_t excerpt_len)
 {
     sqlite3_stmt *st = s->st[ST_BURY];
     sqlite3_bind_int64(st, 1, id);
@@ -512,8 +645,12 @@ int sx_spool_bury(sx_spool *s, long long id, int attempts, const char *kind, lon
 
 int sx_spool_unclaim(sx_spool *s, long long id)
 {
+    int rc;
+    lock(s);
     sqlite3_bind_int64(s->st[ST_UNCLAIM], 1, id);
-    return step_done(s, s->st[ST_UNCLAIM]);
+    rc = step_done(s, s->st[ST_UNCLAIM]);
+    unlock(s);
+    return rc;
 }
 
 /* ---------------------------------------------------------------------------
@@ -548,14 +685,14 @@ static void each_ref(void *ud, sqlite3_stmt *st)
     k->fn(k->ud, sqlite3_column_int(st, 0));
 }
 
-int sx_spool_release(sx_spool *s, void (*fn)(void *ud, int ref), void *ud)
+static int release(sx_spool *s, void (*fn)(void *ud, int ref), void *ud)
 {
     long long tok = (long long)s->token;
     ref_sink k;
     int rc;
     k.fn = fn;
     k.ud = ud;
-    if (sx_spool_begin(s) != 0)
+    if (begin(s) != 0)
         return SX_SPOOL_ERROR;
     rc = query(s, "SELECT cb_ref FROM calls WHERE origin_tok = ?1 AND cb_ref IS NOT NULL",
                &tok, 1, each_ref, &k);
@@ -566,7 +703,7 @@ int sx_spool_release(sx_spool *s, void (*fn)(void *ud, int ref), void *ud)
         sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
         return rc;
     }
-    return sx_spool_commit(s);
+    return commit(s);
 }
 
 static void read_stats(void *ud, sqlite3_stmt *st)
@@ -575,19 +712,27 @@ static void read_stats(void *ud, sqlite3_stmt *st)
     double oldest = sqlite3_column_double(st, 2);
     out->pending = sqlite3_column_int64(st, 0);
     out->dead = sqlite3_column_int64(st, 1);
-    out->bytes = sqlite3_column_int64(st, 3);
     out->oldest_age = sqlite3_column_type(st, 2) == SQLITE_NULL ? 0 : now_epoch() - oldest;
     if (out->oldest_age < 0)
         out->oldest_age = 0;
 }
 
+int sx_spool_release(sx_spool *s, void (*fn)(void *ud, int ref), void *ud)
+{
+    int rc;
+    lock(s);
+    rc = release(s, fn, ud);
+    unlock(s);
+    return rc;
+}
+
 int sx_spool_get_stats(sx_spool *s, sx_spool_stats *st)
 {
     memset(st, 0, sizeof *st);
-    return query(s, "SELECT (SELECT count(*) FROM calls WHERE dead = 0),"
-                    " (SELECT count(*) FROM calls WHERE dead = 1),"
-                    " (SELECT min(created) FROM calls WHERE dead = 0),"
-                    " (SELECT bytes FROM spool_size)", NULL, 0, read_stats, st);
+    int rc = query(s, "SELECT (SELECT count(*) FROM calls WHERE dead = 0),"
+                      " (SELECT count(*) FROM calls WHERE dead = 1),"
+                      " (SELECT min(created) FROM calls WHERE dead = 0)", NULL, 0, read_stats, st);
+    return rc != 0 ? rc : used_bytes(s, &st->bytes) == 0 ? 0 : fail(s, NULL);
 }
 
 typedef struct dead_sink {
@@ -633,13 +778,13 @@ int sx_spool_dead_each(sx_spool *s, long limit, void (*fn)(void *ud, const sx_sp
 
 /* Runs q for every id (all when ids is NULL) in one transaction; the number
  * of rows changed, or -1. */
-static long for_ids(sx_spool *s, const char *all, const char *one, const long long *ids, size_t n,
-                    double now)
+static long for_ids_locked(sx_spool *s, const char *all, const char *one, const long long *ids,
+                           size_t n, double now)
 {
     sqlite3_stmt *st;
     long changed = 0;
     size_t i;
-    if (sx_spool_begin(s) != 0)
+    if (begin(s) != 0)
         return -1;
     if (sqlite3_prepare_v2(s->db, ids ? one : all, -1, &st, NULL) != SQLITE_OK) {
         fail(s, NULL);
@@ -660,7 +805,17 @@ static long for_ids(sx_spool *s, const char *all, const char *one, const long lo
         sqlite3_reset(st);
     }
     sqlite3_finalize(st);
-    return sx_spool_commit(s) == 0 ? changed : -1;
+    return commit(s) == 0 ? changed : -1;
+}
+
+static long for_ids(sx_spool *s, const char *all, const char *one, const long long *ids, size_t n,
+                    double now)
+{
+    long changed;
+    lock(s);
+    changed = for_ids_locked(s, all, one, ids, n, now);
+    unlock(s);
+    return changed;
 }
 
 #define REVIVE "UPDATE calls SET dead = 0, due = ?1, created = ?1, attempts = 0, kind = NULL," \

@@ -11,6 +11,7 @@
 #ifndef SENDX_SPOOL_H
 #define SENDX_SPOOL_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -20,6 +21,12 @@ typedef struct sx_spool_opts {
     long long max_bytes;  /* bodies on disk: spool_max_bytes */
     double max_age;       /* seconds a call may wait before it is dead */
     int sync_full;        /* synchronous = FULL (power loss), else NORMAL */
+    int worker;           /* the worker's connection: it checkpoints the WAL */
+    int *wal_pages;       /* the WAL's size after the last commit of either
+                           * connection (under lock) */
+    pthread_mutex_t *lock; /* shared by the connections of one client: their
+                           * writes take turns here rather than in SQLite's
+                           * sleeping busy handler; NULL: none */
 } sx_spool_opts;
 
 /* A call handed to the worker by sx_spool_claim. Strings are valid until
@@ -83,9 +90,17 @@ int sx_spool_claim(sx_spool *s, int max, double lease_s,
                    void (*fn)(void *ud, const sx_spool_row *row), void *ud,
                    double *next_due, int *lost);
 
+/* The worker's upkeep, outside any lock that the caller's thread takes: a
+ * checkpoint once the WAL has grown (no commit waits for one). */
+void sx_spool_upkeep(sx_spool *s);
+
+/* Settling claimed calls: one transaction for the calls settled between
+ * sx_spool_batch and sx_spool_batch_end (ok 0: rolled back); 0 when it
+ * committed. */
+int sx_spool_batch(sx_spool *s);
+int sx_spool_batch_end(sx_spool *s, int ok);
+
 /* Settling a claimed call. */
-int sx_spool_begin(sx_spool *s);
-int sx_spool_commit(sx_spool *s);
 int sx_spool_delivered(sx_spool *s, long long id);
 int sx_spool_retry(sx_spool *s, long long id, int attempts, double due);
 int sx_spool_bury(sx_spool *s, long long id, int attempts, const char *kind, long status,
