@@ -10,6 +10,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* bridge.default() -> the module's default client */
 static int l_bridge_default(lua_State *L)
@@ -218,7 +219,28 @@ static void push_words(lua_State *L)
     lua_setfield(L, -2, "max_body");
 }
 
+/* bridge.spooled(client) -> whether the client has a spool: then its async
+ * calls go to the spool and the C worker (see resty.lua) */
+static int l_bridge_spooled(lua_State *L)
+{
+    sx_client *c = sx_check_client_at(L, 1, 2);
+    lua_pushboolean(L, c->spool_path.len > 0);
+    return 1;
+}
+
+/* bridge.outstanding(client) -> calls of the client's not settled, and
+ * completed calls whose callbacks have not run */
+static int l_bridge_outstanding(lua_State *L)
+{
+    sx_client *c = sx_check_client_at(L, 1, 2);
+    lua_pushinteger(L, c->async != NULL && sx_async_pid(c->async) == getpid()
+                           ? (lua_Integer)sx_async_outstanding(c->async) : 0);
+    return 1;
+}
+
 static const luaL_Reg bridge_functions[] = {
+    { "spooled", l_bridge_spooled },
+    { "outstanding", l_bridge_outstanding },
     { "default", l_bridge_default },
     { "target", l_bridge_target },
     { "identify", l_bridge_identify },

@@ -134,6 +134,21 @@ static void client_strings(lua_State *L, sx_client *c, const sx_config *o)
     c->custom_ua = o->user_agent != NULL;
 }
 
+/* Inside nginx's init phase (the master, before it forks the workers). */
+static int in_nginx_master(lua_State *L)
+{
+    int init = 0;
+    lua_getglobal(L, "ngx");
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "get_phase");
+        if (lua_isfunction(L, -1) && lua_pcall(L, 0, 1, 0) == 0)
+            init = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "init") == 0;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return init;
+}
+
 /* Opens the libcurl side of c from checked options. */
 static void client_open(lua_State *L, sx_client *c, const sx_config *o)
 {
@@ -165,7 +180,8 @@ static void client_open(lua_State *L, sx_client *c, const sx_config *o)
     set_key_tail(c, o->api_key);
     if (o->spool != NULL) { /* what earlier processes left starts now */
         sx_open_spool(L, c, o->spool, o);
-        sx_ensure_async(L, c);
+        if (!in_nginx_master(L)) /* nginx's workers start theirs (fork) */
+            sx_ensure_async(L, c);
     }
 }
 

@@ -82,7 +82,8 @@ static int l_client_gc(lua_State *L)
 {
     sx_client *c = luaL_checkudata(L, 1, CLIENT_MT);
     lua_settop(L, 1);
-    sx_close_client(L, c, 5.0, 1);
+    /* a spool's calls are safe on disk: no reason to hold the exit */
+    sx_close_client(L, c, c->spool_path.len > 0 ? 0.0 : 5.0, 1);
     return 0;
 }
 

@@ -12,7 +12,7 @@ local ngx = ngx
 local http = require "sendx.http"
 local get_phase, sleep = ngx.get_phase, ngx.sleep
 local now, update_time = ngx.now, ngx.update_time
-local error, tostring, setmetatable, type, pcall = error, tostring, setmetatable, type, pcall
+local error, tostring, setmetatable, type, pcall, ipairs = error, tostring, setmetatable, type, pcall, ipairs
 local exiting = ngx.worker.exiting
 
 -- Once nginx asks a worker to exit (quit, reload), its queues get this long
@@ -82,6 +82,13 @@ return function(module, methods, bridge)
   local words = bridge.words
   http.configure { max_body = words.max_body }
   local c_close = methods.close
+  -- A client with a spool keeps C's asynchronous calls: they are committed
+  -- to SQLite (a write never yields, so they work in every phase, log_by_lua
+  -- included) and sent by the C worker thread, outside nginx's event loop.
+  local c_methods = { identify_async = methods.identify_async, track_async = methods.track_async,
+                      poll = methods.poll, stats = methods.stats }
+  local c_module = { identify_async = module.identify_async, track_async = module.track_async }
+  local spooled, outstanding = bridge.spooled, bridge.outstanding
 
   -- The target of a client, computed once.
   local function target_of(client)
@@ -279,6 +286,64 @@ return function(module, methods, bridge)
     return true
   end
 
+  -- -------------------------------------------------------------------------
+  -- Clients with a spool: callbacks of finished calls run from one timer per
+  -- worker (and from poll, flush, close).
+  -- -------------------------------------------------------------------------
+
+  local SPOOL_POLL_EVERY = 0.05
+  local spool_clients = setmetatable({}, { __mode = "k" })
+  local spool_poller
+
+  -- Runs the finished calls' callbacks; errors nobody took go to errs (a
+  -- table) or to nginx's error log.
+  local function spool_poll(client, errs)
+    local ok, n, cerrs = pcall(c_methods.poll, client)
+    if not ok then -- closed meanwhile
+      spool_clients[client] = nil
+      return 0
+    end
+    for _, err in ipairs(cerrs or {}) do
+      if errs then errs[#errs + 1] = err
+      else ngx.log(ngx.ERR, "sendx: callback error: ", tostring(err)) end
+    end
+    return n
+  end
+
+  local function poll_spools(premature)
+    if premature then return end
+    for client in pairs(spool_clients) do spool_poll(client) end
+  end
+
+  local function watch(client)
+    spool_clients[client] = true
+    if not spool_poller and get_phase() ~= "init" then
+      spool_poller = ngx.timer.every(SPOOL_POLL_EVERY, poll_spools)
+    end
+  end
+
+  -- flush for a client with a spool: true once every call it made is
+  -- delivered or buried (and its callback ran), or nil, "timeout"; then the
+  -- callbacks' errors when there were any.
+  local function spool_flush(client, timeout)
+    local errs = {}
+    local deadline
+    if timeout and timeout >= 0 then update_time() deadline = now() + timeout end
+    while true do
+      spool_poll(client, errs)
+      if outstanding(client) == 0 then
+        if #errs > 0 then return true, nil, errs end
+        return true
+      end
+      if not COSOCKET_PHASES[get_phase()] then break end
+      update_time()
+      if deadline and now() >= deadline then break end
+      sleep(0.01)
+    end
+    if #errs > 0 then return nil, "timeout", errs end
+    return nil, "timeout"
+  end
+
   local function check_async(fname, callback, arg)
     if get_phase() == "init" then
       error(format("sendx.%s cannot run in nginx's init phase (no timers there): "
@@ -293,6 +358,11 @@ return function(module, methods, bridge)
   -- client:identify_async(contact [, callback]) -> true | nil, "queue full"
   function methods.identify_async(self, contact, callback)
     check_async("identify_async", callback, 2)
+    if spooled(self) then
+      watch(self)
+      local ok, err = c_methods.identify_async(self, contact, callback)
+      return ok, err
+    end
     local path, body, idempotent = prepare_identify(self, contact, true)
     return enqueue(self, path, body, idempotent, callback)
   end
@@ -300,6 +370,11 @@ return function(module, methods, bridge)
   -- client:track_async(email, changes [, callback]) -> true | nil, "queue full"
   function methods.track_async(self, email, changes, callback)
     check_async("track_async", callback, 3)
+    if spooled(self) then
+      watch(self)
+      local ok, err = c_methods.track_async(self, email, changes, callback)
+      return ok, err
+    end
     local path, body = prepare_track(self, email, changes, true)
     return enqueue(self, path, body, true, callback)
   end
@@ -307,6 +382,11 @@ return function(module, methods, bridge)
   function module.identify_async(contact, callback)
     check_async("identify_async", callback, 2)
     local client = bridge.default()
+    if spooled(client) then
+      watch(client)
+      local ok, err = c_module.identify_async(contact, callback)
+      return ok, err
+    end
     local path, body, idempotent = prepare_identify(client, contact, true)
     return enqueue(client, path, body, idempotent, callback)
   end
@@ -314,17 +394,42 @@ return function(module, methods, bridge)
   function module.track_async(email, changes, callback)
     check_async("track_async", callback, 3)
     local client = bridge.default()
+    if spooled(client) then
+      watch(client)
+      local ok, err = c_module.track_async(email, changes, callback)
+      return ok, err
+    end
     local path, body = prepare_track(client, email, changes, true)
     return enqueue(client, path, body, true, callback)
   end
 
-  -- Callbacks run in the timers: there is never anything to poll.
-  function methods.poll() return 0 end
-  function module.poll() return 0 end
+  -- Callbacks run in the timers: there is never anything to poll (but for
+  -- clients with a spool, whose timer may not have come yet).
+  function methods.poll(self)
+    if spooled(self) then
+      local n, errs = c_methods.poll(self)
+      return n, errs
+    end
+    return 0
+  end
+  function module.poll()
+    local client = bridge.default()
+    if spooled(client) then
+      local n, errs = c_methods.poll(client)
+      return n, errs
+    end
+    return 0
+  end
 
   -- Waits (ngx.sleep) until the client's queue is empty, at most `timeout`
   -- seconds when it is a number >= 0. true, or nil, "timeout".
   local function flush(client, timeout)
+    if spooled(client) then
+      if timeout ~= nil and type(timeout) ~= "number" then
+        error(format("bad argument #1 to 'flush' (number expected, got %s)", type(timeout)), 3)
+      end
+      return spool_flush(client, timeout)
+    end
     local q = queues[client]
     if not q or q.stats.queued + q.stats.in_flight == 0 then return true end
     if timeout ~= nil and type(timeout) ~= "number" then
@@ -353,6 +458,13 @@ return function(module, methods, bridge)
   function methods.close(self, timeout)
     local q = queues[self]
     local ok, err = true, nil
+    if spool_clients[self] then -- undelivered calls stay on disk for the next process
+      if timeout ~= nil and type(timeout) ~= "number" then
+        error(format("bad argument #1 to 'close' (number expected, got %s)", type(timeout)), 2)
+      end
+      spool_clients[self] = nil
+      ok, err = spool_flush(self, COSOCKET_PHASES[get_phase()] and (timeout or 5) or 0)
+    end
     if q and not q.closed then
       if timeout ~= nil and type(timeout) ~= "number" then
         error(format("bad argument #1 to 'close' (number expected, got %s)", type(timeout)), 2)
@@ -371,6 +483,7 @@ return function(module, methods, bridge)
   end
 
   function methods.stats(self)
+    if spooled(self) then return c_methods.stats(self) end
     local st = queue_of(self).stats
     return { queued = st.queued, in_flight = st.in_flight, sent = st.sent, failed = st.failed,
              retried = st.retried, dropped = st.dropped, spooled = 0 }
