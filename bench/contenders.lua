@@ -2,7 +2,8 @@
 --
 --   lua5.4 bench/contenders.lua NAME URL API_KEY TEAM_ID N
 --
--- NAME: sync, async, luasocket, encode_sendx, encode_cjson, memory.
+-- NAME: sync, async, spool_enqueue, spool_async, luasocket, encode_sendx, encode_cjson,
+-- memory.
 -- Prints one line: calls (or encodings) per second; for memory, the RSS in
 -- KiB after N/100 and after N calls and the Lua heap in KiB at both points.
 local name, url, key, team, n = arg[1], arg[2], arg[3], arg[4], tonumber(arg[5])
@@ -52,6 +53,50 @@ function run.async()
     for _ = 1, k do assert(c:identify_async(body)) end
     assert(c:flush(600))
   end)
+end
+
+-- A client with a spool in a fresh directory; distinct contacts (a spool sends
+-- one call per contact at a time, in order).
+local function spool_client(extra)
+  local sendx = require "sendx"
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir -p " .. dir))
+  local o = { api_key = key, team_id = team, base_url = url, max_in_flight = 16, spool = dir .. "/bench.spool" }
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return sendx.new(o), function() os.execute("rm -rf " .. dir) end
+end
+
+local seq = 0
+local function next_contact(body)
+  seq = seq + 1
+  body.email = "bench" .. seq .. "@example.com"
+  return body
+end
+
+-- Calls committed to the spool per second, while its thread delivers them.
+function run.spool_enqueue()
+  local c, clean = spool_client()
+  local body = contact()
+  local r = rate(n, function(k)
+    for _ = 1, k do assert(c:identify_async(next_contact(body))) end
+  end)
+  c:close(0)
+  clean()
+  return r
+end
+
+-- Calls delivered from the spool per second (queued, then flushed).
+function run.spool_async()
+  local c, clean = spool_client()
+  local body = contact()
+  local r = rate(n, function(k)
+    for _ = 1, k do assert(c:identify_async(next_contact(body))) end
+    assert(c:flush(600))
+  end)
+  c:close()
+  clean()
+  return r
 end
 
 -- What a Lua user writes by hand: socket.http and cjson.

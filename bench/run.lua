@@ -50,6 +50,8 @@ local rows = {
   { "cjson.encode", function() return contender("encode_cjson", base, 1000000) end },
   { "sendx sync identify, 20 ms server", function() return contender("sync", slow, 100) end },
   { "sendx async identify, 20 ms server, max_in_flight 16", function() return contender("async", slow, 2000) end },
+  { "sendx spooled identify_async, committed while delivering (20 ms server)", function() return contender("spool_enqueue", slow, 20000) end },
+  { "sendx spooled async identify, 20 ms server, max_in_flight 16", function() return contender("spool_async", slow, 2000) end },
 }
 
 local samples = {}
@@ -127,12 +129,15 @@ local r_limit = med[2] / med[1]
 local r_luasocket = med[2] / med[3]
 local r_encode = med[4] / med[5]
 local r_async = med[7] / med[6]
+local r_spool = med[9] / med[7]
 say("| bar | ratio | target | |")
 say("|---|---:|---:|---|")
 say("| sync / limit | %.2f | >= 0.90 | %s |", r_limit, verdict(r_limit >= 0.90))
 say("| sync / luasocket + cjson | %.2f | >= 1.5 | %s |", r_luasocket, verdict(r_luasocket >= 1.5))
 say("| encode_identify / cjson.encode | %.2f | >= 1.0 | %s |", r_encode, verdict(r_encode >= 1.0))
 say("| async / sync, 20 ms server | %.1f | >= 12 | %s |", r_async, verdict(r_async >= 12))
+say("| spooled enqueues per second (spool_sync normal) | %.0f | >= 20000 | %s |", med[8], verdict(med[8] >= 20000))
+say("| delivery from the spool / in-memory async, 20 ms server | %.2f | >= 0.8 | %s |", r_spool, verdict(r_spool >= 0.8))
 say("| inside nginx: sendx / hand-written cosocket, requests/s (median of %d pair ratios) | %.2f | >= 1.0 | %s |",
   ngx_ab.pairs, ngx_ab.rps_ratio, verdict(ngx_ab.rps_ratio >= 1.0))
 say("| inside nginx: sendx / hand-written cosocket, worker CPU per request | %.2f | (%.1f / %.1f us) | |",

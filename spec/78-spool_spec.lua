@@ -316,6 +316,37 @@ describe("spool #spool", function()
     assert.equal(4000, #m:requests())
   end)
 
+  it("fork: a child's calls go to the same spool under its own name; each call is sent once", function()
+    if not pcall(require, "posix.unistd") then
+      pending("needs lua-posix, which Debian 12 has for Lua 5.1-5.3 and LuaJIT only")
+      return
+    end
+    local path, clean = tmp_spool()
+    finally(clean)
+    m:fault { delay = 0.3, times = 4 }
+    assert.is_true(helpers.run_script(client_src(m, path, "max_in_flight = 2") .. [[
+      local unistd, wait = require "posix.unistd", require "posix.sys.wait"
+      for i = 1, 6 do assert(client:identify_async { email = "fparent" .. i .. "@example.com" }) end
+      local pid = unistd.fork()
+      if pid == 0 then
+        local got = 0
+        for i = 1, 4 do
+          assert(client:identify_async({ email = "fchild" .. i .. "@example.com" },
+            function(res) if res then got = got + 1 end end))
+        end
+        local flushed = client:flush(20)
+        unistd._exit((flushed and got == 4 and client:stats().spooled == 4) and 0 or 1)
+      end
+      assert(client:flush(20))
+      local _, _, status = wait.wait(pid)
+      client:close()
+      os.exit(status == 0 and 0 or 1)
+    ]]))
+    local seen = emails_seen(m)
+    for i = 1, 6 do assert.equal(1, seen["fparent" .. i .. "@example.com"], "fparent" .. i) end
+    for i = 1, 4 do assert.equal(1, seen["fchild" .. i .. "@example.com"], "fchild" .. i) end
+  end)
+
   it("#slow outage: the server down for 30 s with 2000 calls queued, then up: all delivered, in order per contact", function()
     local path, clean = tmp_spool()
     finally(clean)
