@@ -125,14 +125,11 @@ void sx_spool_feed(sx_async *a)
     }
     a->failed += lost;
     pthread_mutex_unlock(&a->mu);
-    if (n < 0 || f.failed)
-        a->next_look_ms = now + LOOK_EVERY_MS;
-    else if (n == room)
+    a->next_look_ms = now + LOOK_EVERY_MS; /* also after an error */
+    if (n >= 0 && !f.failed && n == room)
         a->next_look_ms = now; /* more may be due: look when a slot frees */
-    else if (next_due > 0 && (next_due - now_epoch()) * 1000 < LOOK_EVERY_MS)
+    else if (n >= 0 && !f.failed && next_due > 0 && (next_due - now_epoch()) * 1000 < LOOK_EVERY_MS)
         a->next_look_ms = now + (long long)((next_due - now_epoch()) * 1000) + 1;
-    else
-        a->next_look_ms = now + LOOK_EVERY_MS;
 }
 
 long sx_spool_sleep_ms(sx_async *a, long ms)

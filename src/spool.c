@@ -214,25 +214,27 @@ static int pragma_int(sqlite3 *db, const char *q, long long *v)
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+/* The error of a first read: a file that is no SQLite database says so. */
+static int not_a_database(sx_spool *s)
+{
+    if (sqlite3_errcode(s->db) != SQLITE_NOTADB)
+        return fail(s, NULL);
+    snprintf(s->err, sizeof s->err,
+             "sendx: spool '%s': not a sendx spool (not an SQLite database)", s->path);
+    return SX_SPOOL_ERROR;
+}
+
 /* A new file gets the schema; an existing one must be a spool. */
 static int check_or_create(sx_spool *s)
 {
     long long app = 0, tables = 0, version = 0;
     int rc;
     if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
-        return sqlite3_errcode(s->db) == SQLITE_NOTADB
-                   ? (snprintf(s->err, sizeof s->err,
-                               "sendx: spool '%s': not a sendx spool (not an SQLite database)",
-                               s->path), SX_SPOOL_ERROR)
-                   : fail(s, NULL);
-    if ((rc = pragma_int(s->db, "PRAGMA application_id", &app)) != SQLITE_OK ||
-        (rc = pragma_int(s->db, "SELECT count(*) FROM sqlite_master", &tables)) != SQLITE_OK ||
-        (rc = pragma_int(s->db, "PRAGMA user_version", &version)) != SQLITE_OK) {
-        rc = sqlite3_errcode(s->db) == SQLITE_NOTADB
-                 ? (snprintf(s->err, sizeof s->err,
-                             "sendx: spool '%s': not a sendx spool (not an SQLite database)",
-                             s->path), SX_SPOOL_ERROR)
-                 : fail(s, NULL);
+        return not_a_database(s);
+    if (pragma_int(s->db, "PRAGMA application_id", &app) != SQLITE_OK ||
+        pragma_int(s->db, "SELECT count(*) FROM sqlite_master", &tables) != SQLITE_OK ||
+        pragma_int(s->db, "PRAGMA user_version", &version) != SQLITE_OK) {
+        rc = not_a_database(s);
     } else if (app == 0 && tables == 0) {
         char set[96];
         snprintf(set, sizeof set, "PRAGMA application_id = %d; PRAGMA user_version = %d;",
@@ -404,7 +406,8 @@ int sx_spool_add(sx_spool *s, const char *op, const char *email, size_t elen, co
 {
     sqlite3_stmt *st = s->st[ST_ADD];
     struct statvfs fs;
-    long long need = (long long)(len + strlen(path)), cost = 2 * (need + (long long)elen + 96);
+    long long need = (long long)len + (long long)strlen(path);
+    long long cost = 2 * (need + (long long)elen + 96);
     int rc;
     if ((s->low_space || ++s->adds >= 64) && statvfs(s->path, &fs) == 0) {
         unsigned long long avail = (unsigned long long)fs.f_bavail * fs.f_frsize;
