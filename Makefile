@@ -83,7 +83,7 @@ $(MODULE): $(SOURCES) $(HEADERS) Makefile
 # that sleep for long: they run in `make ci`). Both runs go on when one fails;
 # each ends with its "LUA: N passed, N failed, N skipped" line.
 FAST_EXCLUDE ?= --exclude-tags=slow
-FAST_JIT_SPECS ?= spec/50-openresty_spec.lua spec/51-openresty_http_spec.lua spec/52-openresty_exit_spec.lua spec/53-openresty_words_spec.lua spec/75-parity_spec.lua
+FAST_JIT_SPECS ?= spec/50-openresty_spec.lua spec/51-openresty_http_spec.lua spec/52-openresty_exit_spec.lua spec/53-openresty_words_spec.lua spec/75-parity_spec.lua spec/79-spool_openresty_spec.lua
 test:
 	@.ci/install-deps fast
 	@failed=; \

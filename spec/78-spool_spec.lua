@@ -255,7 +255,7 @@ describe("spool #spool", function()
     r:close()
   end)
 
-  it("after kill -9 with 1000 calls pending, a new process delivers them all; only calls in flight go twice, increments never", function()
+  it("#slow after kill -9 with 1000 calls pending, a new process delivers them all; only calls in flight go twice, increments never", function()
     local path, clean = tmp_spool()
     finally(clean)
     m:fault { delay = 0.5, times = 32 }
@@ -295,7 +295,7 @@ describe("spool #spool", function()
     c:close()
   end)
 
-  it("four processes x 1000 calls on one spool: 4000 delivered, each once", function()
+  it("#slow four processes x 1000 calls on one spool: 4000 delivered, each once", function()
     local path, clean = tmp_spool()
     finally(clean)
     new(path):close() -- created once, before the four race to open it
@@ -372,7 +372,7 @@ describe("spool #spool", function()
     c:close()
   end)
 
-  it("a full disk: nil and a message naming the path; earlier calls intact and delivered", function()
+  it("#slow a full disk: nil and a message naming the path; earlier calls intact and delivered", function()
     local dir = os.tmpname()
     os.remove(dir)
     assert(os.execute("mkdir -p " .. dir))
