@@ -147,14 +147,40 @@ long sx_spool_sleep_ms(sx_async *a, long ms)
  * Settling
  * ------------------------------------------------------------------------ */
 
+/* "HTTP 404", with the answer's JSON "message" after it when there is one
+ * (the words the synchronous call's message would show). */
+static void http_words(const sx_job *j, char *buf, size_t size)
+{
+    const char *p = j->response, *end = p + j->response_len, *key = NULL;
+    size_t used;
+    snprintf(buf, size, "HTTP %ld", j->r.status);
+    for (; p != NULL && p + 10 < end && key == NULL; p++)
+        if (memcmp(p, "\"message\"", 9) == 0)
+            key = p + 9;
+    if (key == NULL)
+        return;
+    while (key < end && (*key == ' ' || *key == ':'))
+        key++;
+    if (key >= end || *key++ != '"')
+        return;
+    used = strlen(buf);
+    if (used + 3 < size) {
+        buf[used++] = ':';
+        buf[used++] = ' ';
+    }
+    while (key < end && *key != '"' && *key != '\\' && used + 1 < size)
+        buf[used++] = *key++;
+    buf[used] = '\0';
+}
+
 /* What a final failure leaves in the dead letter. */
 static int bury(sx_async *a, sx_job *j, sx_kind kind)
 {
     size_t n = j->response_len < EXCERPT_MAX ? j->response_len : EXCERPT_MAX;
     const char *msg = j->r.message;
-    char buf[80];
+    char buf[200];
     if (msg == NULL) {
-        snprintf(buf, sizeof buf, "HTTP %ld", j->r.status);
+        http_words(j, buf, sizeof buf);
         msg = buf;
     }
     return sx_spool_bury(a->o.spool, j->spool_id, j->attempts, sx_kind_name(kind), j->r.status,
@@ -165,9 +191,10 @@ static int bury(sx_async *a, sx_job *j, sx_kind kind)
 static void expire(sx_job *j)
 {
     char last[sizeof j->message];
-    snprintf(last, sizeof last, "%s", j->r.message != NULL ? j->r.message : "");
-    if (last[0] == '\0')
-        snprintf(last, sizeof last, "HTTP %ld", j->r.status);
+    if (j->r.message != NULL)
+        snprintf(last, sizeof last, "%s", j->r.message);
+    else
+        http_words(j, last, sizeof last);
     snprintf(j->message, sizeof j->message, "gave up after spool_max_age: %.200s", last);
     j->r.message = j->message;
     j->r.retryable = 0;
