@@ -45,5 +45,7 @@ build = {
     -- the OpenResty transport, loaded by the C module inside nginx
     ["sendx.resty"] = "src/sendx/resty.lua",
     ["sendx.http"] = "src/sendx/http.lua",
+    -- sendx.recorder(): the test double, loaded on first use
+    ["sendx.recorder"] = "src/sendx/recorder.lua",
   },
 }

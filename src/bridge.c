@@ -252,6 +252,41 @@ static const luaL_Reg bridge_functions[] = {
     { NULL, NULL },
 };
 
+/* Pushes the bridge table, made once per Lua state (registry BRIDGE_KEY)
+ * with the shared upvalues at uv1 and uv2. [-0, +1] */
+static void push_bridge(lua_State *L, int uv1, int uv2)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, BRIDGE_KEY);
+    if (!lua_isnil(L, -1))
+        return;
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, uv1);
+    lua_pushvalue(L, uv2);
+    luaL_setfuncs(L, bridge_functions, 2);
+    push_words(L);
+    lua_setfield(L, -2, "words");
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, BRIDGE_KEY);
+}
+
+int sx_recorder(lua_State *L)
+{
+    int opts;
+    lua_settop(L, 1);
+    opts = 1;
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "sendx.recorder");
+    if (lua_pcall(L, 1, 1, 0) != 0)
+        return luaL_error(L, "sendx.recorder needs the module's Lua part, sendx/recorder.lua, "
+                             "on package.path: %s", lua_tostring(L, -1));
+    lua_getfield(L, LUA_REGISTRYINDEX, MODULE_KEY);
+    push_bridge(L, lua_upvalueindex(1), lua_upvalueindex(2));
+    lua_pushvalue(L, opts);
+    lua_call(L, 3, 1);
+    return 1;
+}
+
 /* Inside nginx (an `ngx` table with cosockets), hands the module table, the
  * client methods and the bridge to sendx.resty, which installs the
  * non-blocking calls. Expects the module table on top, upvalues below it. */
@@ -282,11 +317,6 @@ void sx_install_resty(lua_State *L)
     luaL_getmetatable(L, CLIENT_MT);
     lua_getfield(L, -1, "__index");
     lua_replace(L, -2);
-    lua_newtable(L);
-    lua_pushvalue(L, module - 2); /* the shared upvalues */
-    lua_pushvalue(L, module - 1);
-    luaL_setfuncs(L, bridge_functions, 2);
-    push_words(L);
-    lua_setfield(L, -2, "words");
+    push_bridge(L, module - 2, module - 1); /* the shared upvalues, below the module */
     lua_call(L, 3, 0);
 }

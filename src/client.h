@@ -17,6 +17,8 @@
 #define CLIENT_MT "sendx.client"
 #define DEFAULT_KEY "sendx.default" /* registry: the module's default client */
 #define BUILD_JOB_KEY "sendx.build_job" /* registry: client_async.c's result builder */
+#define BRIDGE_KEY "sendx.bridge"    /* registry: bridge.c's table of functions */
+#define MODULE_KEY "sendx.module"    /* registry: the module table */
 
 /* Upvalues shared by every module function and method (and the bridge). */
 #define UV_SCRATCH lua_upvalueindex(1) /* sx_buf for encode_* */
@@ -165,6 +167,10 @@ int sx_do_retry_dead(lua_State *L, sx_client *c);
 int sx_do_purge_dead(lua_State *L, sx_client *c);
 
 /* ---- bridge.c ---- */
+
+/* sendx.recorder([options]) -> a recorder (src/sendx/recorder.lua, given
+ * the module and the bridge). A module function: the shared upvalues. */
+int sx_recorder(lua_State *L);
 
 /* Inside nginx, hands the module to sendx.resty (see bridge.c). Expects the
  * module table on top, the two shared upvalues below it. [-0, +0] */

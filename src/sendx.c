@@ -23,7 +23,6 @@ static sx_buf *scratch(lua_State *L)
  * The two call mistakes: a colon on the module, a dot on a client
  * ------------------------------------------------------------------------ */
 
-#define MODULE_KEY "sendx.module" /* registry: the module table */
 
 /* sendx:identify{...} passes the module as the first argument: say so, the
  * same way on every Lua (5.4 would say "bad self", 5.1 "bad argument #1").
@@ -388,6 +387,7 @@ static const luaL_Reg module_functions[] = {
     { "dead_letters", l_dead_letters },
     { "retry_dead", l_retry_dead },
     { "purge_dead", l_purge_dead },
+    { "recorder", sx_recorder },
     { NULL, NULL },
 };
 
