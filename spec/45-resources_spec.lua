@@ -46,7 +46,10 @@ describe("resources", function()
     f:close()
     os.remove(out)
     assert.is_true(heap_grown < 64, "Lua heap grew by " .. heap_grown .. " KiB")
-    assert.equal(0, fds_grown)
+    -- one descriptor of slack: the server may close a kept-alive connection
+    -- (a loaded machine) and libcurl open the next one before it prunes the
+    -- dead one; a leak over 3000 calls would be hundreds
+    assert.is_true(fds_grown <= 1, "descriptors grew by " .. fds_grown)
   end)
 
   it("are released by close and by the garbage collector: memory stays flat over 5000 clients", function()
