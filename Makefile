@@ -58,8 +58,8 @@ SQLITE_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags sqlite3 2>/dev/null)
 SQLITE_LIBS ?= $(shell $(PKG_CONFIG) --libs sqlite3 2>/dev/null || echo -lsqlite3)
 DEFINES      = -std=c99 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE
 
-SOURCES = src/sendx.c src/options.c src/client.c src/client_async.c src/client_spool.c src/results.c src/bridge.c src/argcheck.c src/encode.c src/transport.c src/policy.c src/async.c src/async_spool.c src/spool.c src/buffer.c src/compat.c
-HEADERS = src/compat.h src/argcheck.h src/options.h src/client.h src/results.h src/encode.h src/transport.h src/policy.h src/async.h src/async_impl.h src/spool.h src/buffer.h
+SOURCES = src/sendx.c src/options.c src/client.c src/client_async.c src/client_spool.c src/results.c src/bridge.c src/argcheck.c src/encode.c src/transport.c src/policy.c src/metrics.c src/async.c src/async_spool.c src/spool.c src/buffer.c src/compat.c
+HEADERS = src/compat.h src/argcheck.h src/options.h src/client.h src/results.h src/encode.h src/transport.h src/policy.h src/metrics.h src/async.h src/async_impl.h src/spool.h src/buffer.h
 LUA_MODULES = src/sendx/resty.lua src/sendx/http.lua src/sendx/recorder.lua
 BUILD   = build/lua$(LUA_VERSION)
 MODULE  = $(BUILD)/sendx.so
@@ -74,7 +74,7 @@ $(MODULE): $(SOURCES) $(HEADERS) Makefile
 	@mkdir -p $(BUILD)
 	$(CC) $(DEFINES) -fPIC -shared -fvisibility=hidden \
 	  $(CFLAGS) $(WARNINGS) $(WERROR) -I$(LUA_INCDIR) $(CURL_CFLAGS) $(SQLITE_CFLAGS) \
-	  -o $@ $(SOURCES) $(CURL_LIBS) $(SQLITE_LIBS) -lpthread
+	  -o $@ $(SOURCES) $(CURL_LIBS) $(SQLITE_LIBS) -lpthread -lm
 	@if [ -e sendx.so ]; then echo "sendx: warning: ./sendx.so (from luarocks make here?) comes first" \
 	  "on require's default path from this directory: make clean removes it" >&2; fi
 

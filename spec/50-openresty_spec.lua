@@ -403,7 +403,10 @@ describe("openresty", function()
       assert.equal(v.calls, v.sum)
       assert.is_true(v.full)
       assert.equal("queue full", v.why)
-      assert.same({ queued = 0, in_flight = 0, sent = 40, failed = 0, retried = 0, dropped = 1, spooled = 0 }, v.stats)
+      local st = v.stats
+      assert.same({ 0, 0, 40, 0, 0, 1, 0 },
+        { st.queued, st.in_flight, st.sent, st.failed, st.retried, st.dropped, st.spooled })
+      assert.equal(40, st.latency.count)
       assert.equal(0, v.polled)
       -- 40 calls of 0.2 s, 8 at a time: 1 s; one at a time: 8 s
       assert.is_true(v.elapsed < 3, "took " .. v.elapsed .. " s")

@@ -102,6 +102,7 @@ int sx_async_submit(sx_async *a, sx_job *j)
              a->pending_bytes + a->done_bytes + j->len > a->o.max_bytes)
         rc = SX_SUBMIT_FULL;
     if (rc == 0) {
+        j->t_submit_ms = sx_now_ms();
         sx_append(&a->pending, &a->pending_tail, j);
         a->npending++;
         a->pending_bytes += j->len;
@@ -165,6 +166,14 @@ void sx_async_stats(sx_async *a, sx_stats *s)
     pthread_mutex_unlock(&a->mu);
 }
 
+void sx_async_metrics(sx_async *a, sx_counts *counts, sx_hist *hist)
+{
+    pthread_mutex_lock(&a->mu);
+    sx_counts_merge(counts, &a->counts);
+    sx_hist_merge(hist, &a->hist);
+    pthread_mutex_unlock(&a->mu);
+}
+
 long sx_async_outstanding(sx_async *a)
 {
     long n;
@@ -213,6 +222,8 @@ void sx_complete(sx_async *a, sx_job *j)
         a->sent++;
     else
         a->failed++;
+    sx_counts_add(&a->counts, final, j->attempts);
+    sx_hist_add(&a->hist, (double)(sx_now_ms() - j->t_submit_ms));
     if (!j->keep) {
         sx_job_free(j);
         return;

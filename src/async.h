@@ -11,6 +11,7 @@
 
 #include "transport.h"
 #include "spool.h"
+#include "metrics.h"
 
 typedef struct sx_job {
     struct sx_job *next;
@@ -27,6 +28,7 @@ typedef struct sx_job {
     double retry_at;      /* spooled: when a retry is due (epoch seconds) */
     int attempts;
     long long due_ms;     /* a retry waits until then (monotonic clock) */
+    long long t_submit_ms; /* when the call was made (monotonic): its latency */
     /* the outcome, once completed */
     sx_result r;          /* r.message points into message[] or is NULL */
     char message[CURL_ERROR_SIZE];
@@ -85,6 +87,9 @@ void sx_async_spooled(sx_async *a, int accepted);
 sx_job *sx_async_take(sx_async *a);
 
 void sx_async_stats(sx_async *a, sx_stats *s);
+
+/* Adds the worker's counts (failed calls by kind) and latencies. */
+void sx_async_metrics(sx_async *a, sx_counts *counts, sx_hist *hist);
 
 /* Jobs submitted and not yet taken back. */
 long sx_async_outstanding(sx_async *a);

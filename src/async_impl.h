@@ -33,6 +33,8 @@ struct sx_async {
     size_t done_bytes;             /* bodies and answers of calls not yet taken back */
     long sent, failed, retried, dropped;
     long spooled, own;             /* spool: calls this client added; of those, not settled */
+    sx_counts counts;              /* completed calls by kind (the stats' "kinds") */
+    sx_hist hist;                  /* their latencies, from the call to its outcome */
     int spool_dirty;               /* spool: a call was added since the worker looked */
     int stopping;
     int joined;                    /* the caller's: the thread was joined */

@@ -66,6 +66,8 @@ static void take_row(void *ud, const sx_spool_row *row)
         return;
     }
     j->spool_id = row->id;
+    /* its latency counts from when it was spooled, by whichever process */
+    j->t_submit_ms = sx_now_ms() - (long long)((now_epoch() - row->created) * 1000);
     j->attempts = row->attempts;
     j->created = row->created;
     j->mine = row->mine;

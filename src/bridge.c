@@ -238,7 +238,30 @@ static int l_bridge_outstanding(lua_State *L)
     return 1;
 }
 
+/* bridge.count(client, async, kind, attempts, ms): a finished call made
+ * inside nginx, for the stats' sync counts, kinds and latency */
+static int l_bridge_count(lua_State *L)
+{
+    static const char *const names[] = { "ok", "network", "timeout", "tls", "http", "api",
+                                         "decode", "shutdown", "unknown_outcome", NULL };
+    sx_client *c = luaL_checkudata(L, 1, CLIENT_MT);
+    sx_kind kind = (sx_kind)luaL_checkoption(L, 3, NULL, names);
+    sx_count_call(c, lua_toboolean(L, 2), kind, (int)luaL_optinteger(L, 4, 1),
+                  (double)luaL_optnumber(L, 5, 0));
+    return 0;
+}
+
+/* bridge.stats(client) -> the C side of client:stats() (sync counts, kinds,
+ * latency); sendx.resty puts its queues' counts in */
+static int l_bridge_stats(lua_State *L)
+{
+    sx_push_stats(L, luaL_checkudata(L, 1, CLIENT_MT));
+    return 1;
+}
+
 static const luaL_Reg bridge_functions[] = {
+    { "count", l_bridge_count },
+    { "stats", l_bridge_stats },
     { "spooled", l_bridge_spooled },
     { "outstanding", l_bridge_outstanding },
     { "default", l_bridge_default },

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define LEGACY_BASE "https://app.sendx.io/api/v1"
@@ -339,9 +340,18 @@ static int push_outcome(lua_State *L, sx_client *c, const sx_result *r)
 static int send_request(lua_State *L, sx_client *c, const char *url, int idempotent)
 {
     sx_result r;
+    struct timespec t0, t1;
+    sx_kind final;
     if (sx_conn_after_fork(&c->conn) != 0)
         return MEMERR(L);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     sx_conn_post(&c->conn, url, c->body.data, c->body.len, idempotent, &r);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    final = r.kind != SX_OK ? r.kind
+                            : sx_policy_judge_body(c->conn.response.data ? c->conn.response.data : "",
+                                                   c->conn.response.len);
+    sx_count_call(c, 0, final, r.attempts,
+                  (double)(t1.tv_sec - t0.tv_sec) * 1000.0 + (t1.tv_nsec - t0.tv_nsec) / 1e6);
     sx_buf_shrink(&c->body);
     sx_buf_shrink(&c->url);
     return push_outcome(L, c, &r);

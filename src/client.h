@@ -45,6 +45,9 @@ typedef struct sx_client {
                           * have not run yet */
     int running;         /* jobs being built by run_done (a callback may nest one) */
     int on_error_ref;    /* on_error option (registry ref), or LUA_NOREF */
+    sx_counts sync_counts; /* the synchronous calls (any transport) */
+    sx_counts resty_counts; /* the async calls made inside nginx (kinds only) */
+    sx_hist hist;        /* latencies of the calls not counted by the worker */
     /* durable delivery (client_spool.c): the caller's connection, NULL: none */
     sx_spool *spool;
     pid_t spool_pid;     /* the process that opened it */
@@ -130,7 +133,12 @@ int sx_flush_call(lua_State *L, sx_client *c, double timeout);
  * errors to (nothing is pushed). [-0, +0|1..3] */
 int sx_close_client(lua_State *L, sx_client *c, double timeout, int quiet);
 
-/* Pushes { queued, in_flight, sent, failed, retried, dropped }. [-0, +1] */
+/* Counts a finished call made outside the C worker (a sync call, or an
+ * async one inside nginx). */
+void sx_count_call(sx_client *c, int async, sx_kind final, int attempts, double ms);
+
+/* Pushes { queued, in_flight, sent, failed, retried, dropped, spooled,
+ * sync = {...}, kinds = {...}, latency = {...} }. [-0, +1] */
 void sx_push_stats(lua_State *L, sx_client *c);
 
 /* The worker's readiness descriptor (the worker is started if need be). */

@@ -347,13 +347,68 @@ int sx_poll_client(lua_State *L, sx_client *c)
  * stats, fd
  * ------------------------------------------------------------------------ */
 
+void sx_count_call(sx_client *c, int async, sx_kind final, int attempts, double ms)
+{
+    sx_counts_add(async ? &c->resty_counts : &c->sync_counts, final, attempts);
+    sx_hist_add(&c->hist, ms);
+}
+
+static void set_int(lua_State *L, const char *k, lua_Integer v)
+{
+    lua_pushinteger(L, v);
+    lua_setfield(L, -2, k);
+}
+
+/* Pushes { network = n, ... }: the failed calls of k by kind (kinds with
+ * none left out). [-0, +1] */
+static void push_kinds(lua_State *L, const sx_counts *k)
+{
+    int i;
+    lua_newtable(L);
+    for (i = 0; i < SX_KIND_COUNT; i++)
+        if (k->kinds[i] > 0)
+            set_int(L, sx_kind_name((sx_kind)i), k->kinds[i]);
+}
+
+/* Sets sync, kinds and latency in the table on top. [-0, +0] */
+static void push_metrics(lua_State *L, sx_client *c)
+{
+    sx_counts async;
+    sx_hist hist = c->hist;
+    memset(&async, 0, sizeof async);
+    sx_counts_merge(&async, &c->resty_counts);
+    if (c->async != NULL && sx_async_pid(c->async) == getpid())
+        sx_async_metrics(c->async, &async, &hist);
+    lua_createtable(L, 0, 5);
+    set_int(L, "calls", c->sync_counts.calls);
+    set_int(L, "ok", c->sync_counts.ok);
+    set_int(L, "failed", c->sync_counts.failed);
+    set_int(L, "retried", c->sync_counts.retried);
+    push_kinds(L, &c->sync_counts);
+    lua_setfield(L, -2, "kinds");
+    lua_setfield(L, -2, "sync");
+    push_kinds(L, &async);
+    lua_setfield(L, -2, "kinds");
+    lua_createtable(L, 0, 5);
+    set_int(L, "count", (lua_Integer)hist.count);
+    lua_pushnumber(L, sx_hist_quantile(&hist, 0.50));
+    lua_setfield(L, -2, "p50");
+    lua_pushnumber(L, sx_hist_quantile(&hist, 0.90));
+    lua_setfield(L, -2, "p90");
+    lua_pushnumber(L, sx_hist_quantile(&hist, 0.99));
+    lua_setfield(L, -2, "p99");
+    lua_pushnumber(L, hist.max_ms);
+    lua_setfield(L, -2, "max");
+    lua_setfield(L, -2, "latency");
+}
+
 void sx_push_stats(lua_State *L, sx_client *c)
 {
     sx_stats st;
     memset(&st, 0, sizeof st);
     if (c->async != NULL && sx_async_pid(c->async) == getpid())
         sx_async_stats(c->async, &st);
-    lua_createtable(L, 0, 7);
+    lua_createtable(L, 0, 10);
     lua_pushinteger(L, st.queued);
     lua_setfield(L, -2, "queued");
     lua_pushinteger(L, st.in_flight);
@@ -368,6 +423,7 @@ void sx_push_stats(lua_State *L, sx_client *c)
     lua_setfield(L, -2, "dropped");
     lua_pushinteger(L, st.spooled);
     lua_setfield(L, -2, "spooled");
+    push_metrics(L, c);
 }
 
 int sx_client_fd(lua_State *L, sx_client *c)

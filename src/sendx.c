@@ -272,7 +272,16 @@ static int l_client_flush(lua_State *L)
     return sx_flush_call(L, sx_check_method(L, "flush"), luaL_optnumber(L, 2, -1));
 }
 
-/* client:stats() -> { queued, in_flight, sent, failed, retried, dropped } */
+/* sendx.stats() -> the default client's stats */
+static int l_stats(lua_State *L)
+{
+    not_the_module(L, "stats");
+    sx_push_stats(L, sx_default_client(L));
+    return 1;
+}
+
+/* client:stats() -> { queued, in_flight, sent, failed, retried, dropped,
+ * spooled, sync = {...}, kinds = {...}, latency = {...} } */
 static int l_client_stats(lua_State *L)
 {
     sx_push_stats(L, sx_check_method(L, "stats"));
@@ -388,6 +397,7 @@ static const luaL_Reg module_functions[] = {
     { "retry_dead", l_retry_dead },
     { "purge_dead", l_purge_dead },
     { "recorder", sx_recorder },
+    { "stats", l_stats },
     { NULL, NULL },
 };
 

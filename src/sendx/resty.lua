@@ -80,6 +80,7 @@ return function(module, methods, bridge)
   local prepare_identify, prepare_track = bridge.identify, bridge.track
   local step, outcome, shutdown = bridge.step, bridge.outcome, bridge.shutdown
   local words = bridge.words
+  local count = bridge.count
   http.configure { max_body = words.max_body }
   local c_close = methods.close
   -- A client with a spool keeps C's asynchronous calls: they are committed
@@ -116,6 +117,8 @@ return function(module, methods, bridge)
   local function send(client, path, body, idempotent, q)
     local t = target_of(client)
     local n = 0
+    update_time()
+    local t0 = now()
     while true do
       n = n + 1
       local kind, status, resp, msg, not_sent, retry_after =
@@ -123,6 +126,11 @@ return function(module, methods, bridge)
       local wait, res, err, info = step(client, n, idempotent, kind, status, resp, msg, not_sent,
         retry_after)
       if not wait then
+        if not q then -- a queued call is counted when delivered
+          update_time()
+          count(client, false, res and "ok" or info.kind, n, (now() - t0) * 1000)
+        end
+        if q then q.attempts = n end -- the worker's: for the stats
         if err == nil then return res end
         return res, err, info
       end
@@ -198,6 +206,9 @@ return function(module, methods, bridge)
   local function deliver(client, q, job, res, err, info)
     if job.done then return end
     job.done = true
+    update_time()
+    count(client, true, res and "ok" or info.kind, job.attempts or (info and info.attempts) or 1,
+      (now() - job.t0) * 1000)
     local st = q.stats
     if res then st.sent = st.sent + 1 else st.failed = st.failed + 1 end
     if job.callback then
@@ -241,7 +252,9 @@ return function(module, methods, bridge)
       local job = take(q)
       q.busy[job] = true
       st.in_flight = st.in_flight + 1
+      q.attempts = nil
       local ok, res, err, info = pcall(send, client, job.path, job.body, job.idempotent, q)
+      job.attempts = ok and q.attempts or nil -- set by send, with no yield since
       if not ok then -- a Lua error on the way: a network failure, in C's words
         res, err, info = outcome(client, 1, job.idempotent, "network", nil, nil,
           (tostring(res):gsub("^sendx: ", "")), true)
@@ -267,7 +280,7 @@ return function(module, methods, bridge)
       return nil, words.queue_full
     end
     q.last = q.last + 1
-    q[q.last] = { path = path, body = body, idempotent = idempotent, callback = callback }
+    q[q.last] = { path = path, body = body, idempotent = idempotent, callback = callback, t0 = now() }
     q.bytes = q.bytes + #body
     st.queued = st.queued + 1
     if q.workers < q.max_in_flight then
@@ -485,9 +498,14 @@ return function(module, methods, bridge)
   function methods.stats(self)
     if spooled(self) then return c_methods.stats(self) end
     local st = queue_of(self).stats
-    return { queued = st.queued, in_flight = st.in_flight, sent = st.sent, failed = st.failed,
-             retried = st.retried, dropped = st.dropped, spooled = 0 }
+    local out = bridge.stats(self) -- sync counts, kinds, latency: kept in C
+    for _, k in ipairs { "queued", "in_flight", "sent", "failed", "retried", "dropped" } do
+      out[k] = st[k]
+    end
+    return out
   end
+
+  function module.stats() return methods.stats(bridge.default()) end
 
   function methods.fd()
     error("sendx: client:fd() has no use inside nginx: callbacks run in nginx timers", 0)
