@@ -102,7 +102,10 @@ describe("resources", function()
     end
     collectgarbage("collect")
     collectgarbage("collect")
-    assert.equal(fds, helpers.fd_count())
+    -- 150 clients were left to the collector: a leak would be 150 descriptors;
+    -- one of slack for what the process opens once on a loaded machine
+    local grown = helpers.fd_count() - fds
+    assert.is_true(grown <= 1, "descriptors grew by " .. grown)
     assert.is_true(helpers.lua_heap_kb() - heap < 64, "Lua heap grew")
   end)
 end)
