@@ -58,7 +58,7 @@ SQLITE_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags sqlite3 2>/dev/null)
 SQLITE_LIBS ?= $(shell $(PKG_CONFIG) --libs sqlite3 2>/dev/null || echo -lsqlite3)
 DEFINES      = -std=c99 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE
 
-SOURCES = src/sendx.c src/options.c src/client.c src/client_async.c src/client_spool.c src/results.c src/bridge.c src/argcheck.c src/encode.c src/transport.c src/policy.c src/metrics.c src/async.c src/async_spool.c src/spool.c src/buffer.c src/compat.c
+SOURCES = src/sendx.c src/options.c src/client.c src/client_async.c src/client_spool.c src/client_log.c src/results.c src/bridge.c src/argcheck.c src/encode.c src/transport.c src/policy.c src/metrics.c src/async.c src/async_spool.c src/spool.c src/buffer.c src/compat.c
 HEADERS = src/compat.h src/argcheck.h src/options.h src/client.h src/results.h src/encode.h src/transport.h src/policy.h src/metrics.h src/async.h src/async_impl.h src/spool.h src/buffer.h
 LUA_MODULES = src/sendx/resty.lua src/sendx/http.lua src/sendx/recorder.lua
 BUILD   = build/lua$(LUA_VERSION)

@@ -50,9 +50,29 @@ sx_job *sx_job_new(const char *url, const char *body, size_t len, int idempotent
 
 void sx_job_free(sx_job *j)
 {
-    if (j != NULL)
+    int i;
+    if (j != NULL) {
         free(j->response);
+        for (i = 0; i < j->nrecs; i++)
+            free(j->recs[i].response);
+        free(j->recs);
+    }
     free(j);
+}
+
+/* Moves the slot's record of the attempt that ended to j. */
+static void take_record(sx_job *j, sx_conn *slot)
+{
+    if (slot->nrecs == 0)
+        return;
+    if (j->recs == NULL && (j->recs = calloc(SX_MAX_RECS, sizeof *j->recs)) == NULL)
+        return;
+    if (j->nrecs < SX_MAX_RECS) {
+        j->recs[j->nrecs] = slot->recs[0];
+        j->recs[j->nrecs++].attempt = j->attempts;
+        slot->recs[0].response = NULL; /* j's now */
+    }
+    sx_conn_clear_recs(slot);
 }
 
 void sx_append(sx_job **head, sx_job **tail, sx_job *j)
@@ -321,6 +341,7 @@ static int collect(sx_async *a)
         a->busy[i] = NULL;
         freed++;
         wait = sx_conn_finish(&a->slots[i], rc, j->idempotent, j->attempts, &j->r);
+        take_record(j, &a->slots[i]);
         if (j->spool_id != 0) {
             keep_outcome(j, &a->slots[i]);
             sx_spool_decide(a, j, wait);
@@ -552,6 +573,7 @@ static int open_slot(sx_conn *s, CURL *model, const sx_async_opts *o)
     ok = ok && curl_easy_setopt(s->curl, CURLOPT_QUICK_EXIT, 1L) == CURLE_OK;
 #endif
     sx_policy_init(&s->policy, o->retries, o->max_retry_wait_ms);
+    s->logging = o->logging;
     if (o->spool != NULL)
         sx_spool_slot_policy(&s->policy);
     s->retry_after_ms = -1;

@@ -34,6 +34,8 @@ typedef struct sx_job {
     char message[CURL_ERROR_SIZE];
     char *response;       /* the body (malloc'ed), NULL when none */
     size_t response_len;
+    sx_attempt_rec *recs; /* the request log's records (malloc'ed), NULL when none */
+    int nrecs;
 } sx_job;
 
 typedef struct sx_stats {
@@ -55,6 +57,7 @@ typedef struct sx_async_opts {
     double lease_s;        /* how long a claim holds */
     double max_age;        /* spool_max_age */
     int report;            /* recovered calls that fail come back (on_error) */
+    int logging;           /* records of each attempt come back (sx_conn.logging) */
 } sx_async_opts;
 
 /* Starts the worker. Its handles are duplicates of `model` (options, no

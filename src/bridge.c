@@ -79,6 +79,12 @@ static int l_bridge_target(lua_State *L)
     lua_setfield(L, -2, "max_queue_bytes");
     lua_pushinteger(L, c->pool_size);
     lua_setfield(L, -2, "pool_size");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->log_ref); /* nil for LUA_NOREF */
+    lua_setfield(L, -2, "log");
+    lua_pushboolean(L, c->log_bodies);
+    lua_setfield(L, -2, "log_bodies");
+    lua_pushboolean(L, c->debug);
+    lua_setfield(L, -2, "debug");
     return 1;
 }
 

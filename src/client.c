@@ -79,6 +79,8 @@ void sx_client_release(lua_State *L, sx_client *c)
     }
     luaL_unref(L, LUA_REGISTRYINDEX, c->on_error_ref);
     c->on_error_ref = LUA_NOREF;
+    luaL_unref(L, LUA_REGISTRYINDEX, c->log_ref);
+    c->log_ref = LUA_NOREF;
     if (c->open && c->conn.pid != getpid())
         c->conn.curl = NULL; /* the parent's connections: left alone, never shut down */
     if (c->open)
@@ -154,6 +156,7 @@ static int in_nginx_master(lua_State *L)
 static void client_open(lua_State *L, sx_client *c, const sx_config *o)
 {
     sx_conn_opts co;
+    const char *debug;
     client_strings(L, c, o);
     co.auth_header = c->auth.data;
     co.user_agent = c->ua.data;
@@ -178,6 +181,11 @@ static void client_open(lua_State *L, sx_client *c, const sx_config *o)
     c->aopts.max_bytes = (size_t)o->max_queue_bytes;
     c->aopts.retries = (int)o->retries;
     c->aopts.max_retry_wait_ms = o->max_retry_wait_ms;
+    c->log_bodies = o->log_bodies;
+    debug = getenv("SENDX_DEBUG");
+    c->debug = debug != NULL && debug[0] != '\0' && strcmp(debug, "0") != 0;
+    c->conn.logging = sx_log_level(c);
+    c->aopts.logging = c->conn.logging;
     set_key_tail(c, o->api_key);
     if (o->spool != NULL) { /* what earlier processes left starts now */
         sx_open_spool(L, c, o->spool, o);
@@ -215,9 +223,14 @@ sx_client *sx_client_new(lua_State *L, int idx, int arg, int lazy)
     memset(c, 0, sizeof *c);
     c->api = o.api; /* known even without credentials: encode_* follow it */
     c->on_error_ref = LUA_NOREF;
+    c->log_ref = LUA_NOREF;
     luaL_setmetatable(L, CLIENT_MT);
     if (sx_get_option(L, idx, "on_error"))
         c->on_error_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    else
+        lua_pop(L, 1);
+    if (sx_get_option(L, idx, "log"))
+        c->log_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     else
         lua_pop(L, 1);
     if (missing == NULL)
@@ -336,6 +349,21 @@ static int push_outcome(lua_State *L, sx_client *c, const sx_result *r)
     return n;
 }
 
+/* Pushes the results, then logs the call's attempts (the records are
+ * taken first: the log function may use this client). [-0, +1|3] */
+static int log_and_push(lua_State *L, sx_client *c, const char *url, const sx_result *r)
+{
+    sx_attempt_rec recs[SX_MAX_RECS];
+    int nrecs = c->conn.nrecs, n;
+    memcpy(recs, c->conn.recs, sizeof recs);
+    c->conn.nrecs = 0; /* their answers are recs' now */
+    n = push_outcome(L, c, r);
+    sx_log_call(L, c, url, c->body.data, c->body.len, recs, nrecs);
+    sx_buf_shrink(&c->body);
+    sx_buf_shrink(&c->url);
+    return n;
+}
+
 /* POSTs c->body to url and pushes the results. [-0, +1|3] */
 static int send_request(lua_State *L, sx_client *c, const char *url, int idempotent)
 {
@@ -352,6 +380,8 @@ static int send_request(lua_State *L, sx_client *c, const char *url, int idempot
                                                    c->conn.response.len);
     sx_count_call(c, 0, final, r.attempts,
                   (double)(t1.tv_sec - t0.tv_sec) * 1000.0 + (t1.tv_nsec - t0.tv_nsec) / 1e6);
+    if (c->conn.nrecs > 0)
+        return log_and_push(L, c, url, &r);
     sx_buf_shrink(&c->body);
     sx_buf_shrink(&c->url);
     return push_outcome(L, c, &r);

@@ -45,6 +45,9 @@ typedef struct sx_client {
                           * have not run yet */
     int running;         /* jobs being built by run_done (a callback may nest one) */
     int on_error_ref;    /* on_error option (registry ref), or LUA_NOREF */
+    int log_ref;         /* log option (registry ref), or LUA_NOREF */
+    int log_bodies;      /* log_bodies option */
+    int debug;           /* SENDX_DEBUG: attempts printed to stderr */
     sx_counts sync_counts; /* the synchronous calls (any transport) */
     sx_counts resty_counts; /* the async calls made inside nginx (kinds only) */
     sx_hist hist;        /* latencies of the calls not counted by the worker */
@@ -146,6 +149,18 @@ int sx_client_fd(lua_State *L, sx_client *c);
 
 /* The client's worker, started if need be (after a fork: a fresh one). */
 sx_async *sx_ensure_async(lua_State *L, sx_client *c);
+
+/* ---- client_log.c: the request log ---- */
+
+/* Whether c logs its attempts (a log function, or SENDX_DEBUG): 2 with the
+ * bodies, 1 without, 0 not at all. */
+int sx_log_level(const sx_client *c);
+
+/* Hands the records of one call to url (their answers are freed) to the log
+ * function and to stderr under SENDX_DEBUG; errors the log raises go to
+ * stderr. body: the request, for log_bodies. [-0, +0] */
+void sx_log_call(lua_State *L, sx_client *c, const char *url, const char *body, size_t len,
+                 sx_attempt_rec *recs, int n);
 
 /* ---- client_spool.c: the Lua side of the durable spool ---- */
 

@@ -8,6 +8,7 @@
 #include "results.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -82,7 +83,8 @@ static int submit(lua_State *L, sx_client *c, int cb, int idempotent, const char
         return MEMERR(L);
     }
     j->ref = ref;
-    j->keep = ref != LUA_NOREF; /* else nobody reads its results: only counted */
+    /* else nobody reads its results: only counted */
+    j->keep = ref != LUA_NOREF || sx_log_level(c) > 0;
     if ((rc = sx_async_submit(a, j)) != 0) {
         luaL_unref(L, LUA_REGISTRYINDEX, ref);
         sx_job_free(j);
@@ -235,6 +237,14 @@ static int run_done(lua_State *L, sx_client *c, int errs)
         }
         c->running--;
         unlink_limbo(c, j);
+        if (j->nrecs > 0) {
+            sx_attempt_rec *recs = j->recs;
+            int nrecs = j->nrecs;
+            j->recs = NULL; /* the log frees their answers */
+            j->nrecs = 0;
+            sx_log_call(L, c, j->url, j->body, j->len, recs, nrecs);
+            free(recs);
+        }
         sx_job_free(j);
         luaL_unref(L, LUA_REGISTRYINDEX, ref);
         n++;

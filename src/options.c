@@ -17,7 +17,7 @@
 #include <string.h>
 #include <strings.h>
 
-typedef enum opt_type { OPT_STRING, OPT_API, OPT_SECONDS, OPT_INTEGER, OPT_FUNCTION, OPT_SYNC } opt_type;
+typedef enum opt_type { OPT_STRING, OPT_API, OPT_SECONDS, OPT_INTEGER, OPT_FUNCTION, OPT_SYNC, OPT_BOOLEAN } opt_type;
 
 typedef struct opt_desc {
     const char *name;
@@ -33,6 +33,7 @@ typedef struct opt_desc {
 #define OPT_OFFSET_INTEGER(name) offsetof(sx_config, name)
 #define OPT_OFFSET_FUNCTION(name) offsetof(sx_config, name)
 #define OPT_OFFSET_SYNC(name) offsetof(sx_config, name)
+#define OPT_OFFSET_BOOLEAN(name) offsetof(sx_config, name)
 #define OPT_DESC(name, type, min, max, def, env) \
     { #name, OPT_##type, (min), (max), (def), (env), OPT_OFFSET_##type(name) },
 #define OPT_NAME(name, type, min, max, def, env) #name,
@@ -146,6 +147,19 @@ static int opt_sync(lua_State *L, int idx, int arg, const opt_desc *d)
     return sx_argerror(L, arg, "%s: expected 'normal' or 'full', got '%s'", d->name, s);
 }
 
+/* true or false (absent: false). [-0, +0] */
+static int opt_boolean(lua_State *L, int idx, int arg, const opt_desc *d)
+{
+    int v = 0;
+    if (sx_get_option(L, idx, d->name)) {
+        if (!lua_isboolean(L, -1))
+            sx_argerror(L, arg, "%s: expected boolean, got %s", d->name, luaL_typename(L, -1));
+        v = lua_toboolean(L, -1);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
 /* 1 when a function is given, 0 when absent. [-0, +0] */
 static int opt_function(lua_State *L, int idx, int arg, const opt_desc *d)
 {
@@ -181,6 +195,9 @@ static void read_option(lua_State *L, int idx, int arg, int use_env, const opt_d
         break;
     case OPT_SYNC:
         *(int *)(void *)field = opt_sync(L, idx, arg, d);
+        break;
+    case OPT_BOOLEAN:
+        *(int *)(void *)field = opt_boolean(L, idx, arg, d);
         break;
     }
 }

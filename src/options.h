@@ -16,7 +16,7 @@
 
 /* Types: STRING (non-empty, no CR, LF or NUL), API ('legacy' or 'rest'),
  * SECONDS (a number within [min, max], kept in ms: sx_config.NAME_ms),
- * INTEGER (within [min, max]), FUNCTION, SYNC ('normal' or 'full'). Defaults are in seconds for
+ * INTEGER (within [min, max]), FUNCTION, SYNC ('normal' or 'full'), BOOLEAN. Defaults are in seconds for
  * SECONDS; strings have none (NULL). env: the variable sendx.configure falls
  * back to when the option is absent (0: none). The order is the order of the
  * suggestions (the first of equally near names wins) and of the checks. */
@@ -41,7 +41,9 @@
     X(spool,           STRING,   0,     0,          0,                     "SENDX_SPOOL") \
     X(spool_max_bytes, INTEGER,  65536, 1099511627776.0, 268435456,        0)          \
     X(spool_max_age,   SECONDS,  1,     31536000,   604800,                0)          \
-    X(spool_sync,      SYNC,     0,     0,          0,                     0)
+    X(spool_sync,      SYNC,     0,     0,          0,                     0)          \
+    X(log,             FUNCTION, 0,     0,          0,                     0)          \
+    X(log_bodies,      BOOLEAN,  0,     0,          0,                     0)
 
 /* SX_OPT_api_key, ...: an option's place in the list. */
 #define SX_OPT_ENUM(name, type, min, max, def, env) SX_OPT_##name,
@@ -55,6 +57,7 @@ enum sx_option { SX_OPTIONS(SX_OPT_ENUM) SX_OPT_COUNT };
 #define SX_OPT_FIELD_INTEGER(name) long name;
 #define SX_OPT_FIELD_FUNCTION(name) int name; /* 1 when given (it stays in the table) */
 #define SX_OPT_FIELD_SYNC(name) int name;     /* 1: 'full', 0: 'normal' */
+#define SX_OPT_FIELD_BOOLEAN(name) int name;
 #define SX_OPT_FIELD(name, type, min, max, def, env) SX_OPT_FIELD_##type(name)
 
 /* The options of one client, read and checked. Strings point into the

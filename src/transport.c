@@ -128,6 +128,7 @@ int sx_conn_open(sx_conn *c, const sx_conn_opts *o)
 
 void sx_conn_close(sx_conn *c)
 {
+    sx_conn_clear_recs(c);
     if (c->curl != NULL)
         curl_easy_cleanup(c->curl);
     curl_slist_free_all(c->headers);
@@ -203,8 +204,43 @@ static void observe(sx_conn *c, CURLcode rc, sx_attempt *a)
     a->not_sent = sent == 0;
 }
 
+void sx_conn_clear_recs(sx_conn *c)
+{
+    int i;
+    for (i = 0; i < c->nrecs; i++)
+        free(c->recs[i].response);
+    c->nrecs = 0;
+}
+
+/* Keeps a record of the attempt that just ended (as r judged it). */
+static void keep_record(sx_conn *c, int attempt, const sx_result *r)
+{
+    sx_attempt_rec *rec;
+    curl_off_t t = 0, up = 0, down = 0;
+    if (!c->logging || c->nrecs >= SX_MAX_RECS)
+        return;
+    rec = &c->recs[c->nrecs++];
+    memset(rec, 0, sizeof *rec);
+    rec->kind = r->kind;
+    if (r->kind == SX_OK)
+        rec->kind = sx_policy_judge_body(c->response.data ? c->response.data : "", c->response.len);
+    rec->status = r->status;
+    rec->attempt = attempt;
+    curl_easy_getinfo(c->curl, CURLINFO_TOTAL_TIME_T, &t);
+    curl_easy_getinfo(c->curl, CURLINFO_SIZE_UPLOAD_T, &up);
+    curl_easy_getinfo(c->curl, CURLINFO_SIZE_DOWNLOAD_T, &down);
+    rec->ms = (double)t / 1000.0;
+    rec->bytes_out = (long long)up;
+    rec->bytes_in = (long long)down;
+    if (c->logging > 1 && c->response.len > 0 && (rec->response = malloc(c->response.len)) != NULL) {
+        memcpy(rec->response, c->response.data, c->response.len);
+        rec->response_len = c->response.len;
+    }
+}
+
 void sx_conn_start(sx_conn *c, const char *url, const char *body, size_t len, int idempotent)
 {
+    sx_conn_clear_recs(c);
     if (c->response.cap > (size_t)64 * 1024)
         sx_buf_free(&c->response); /* a large answer is not kept around */
     curl_easy_setopt(c->curl, CURLOPT_URL, url);
@@ -228,8 +264,11 @@ void sx_conn_clear_answer(sx_conn *c)
 long sx_conn_finish(sx_conn *c, CURLcode rc, int idempotent, int attempt, sx_result *r)
 {
     sx_attempt a;
+    long wait;
     observe(c, rc, &a);
-    return sx_policy_next(&c->policy, &a, attempt, idempotent, &c->rng, r);
+    wait = sx_policy_next(&c->policy, &a, attempt, idempotent, &c->rng, r);
+    keep_record(c, attempt, r);
+    return wait;
 }
 
 void sx_conn_post(sx_conn *c, const char *url, const char *body, size_t len,

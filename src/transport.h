@@ -23,6 +23,19 @@ typedef struct sx_conn_opts {
     int retries;
 } sx_conn_opts;
 
+/* One attempt, for the request log (option log, SENDX_DEBUG). */
+typedef struct sx_attempt_rec {
+    sx_kind kind;           /* what this attempt ended as (a 2xx: judged by its body) */
+    long status;            /* 0 when no response came */
+    int attempt;            /* 1 for the first */
+    double ms;              /* how long it took */
+    long long bytes_out, bytes_in; /* request and response bodies on the wire */
+    char *response;         /* with log_bodies: a copy of the answer (malloc'ed) */
+    size_t response_len;
+} sx_attempt_rec;
+
+#define SX_MAX_RECS 11      /* a call's attempts: retries is at most 10 */
+
 typedef struct sx_conn {
     CURL *curl;
     struct curl_slist *headers;
@@ -32,6 +45,9 @@ typedef struct sx_conn {
     long retry_after_ms;    /* from the last response, -1 when absent */
     int too_large;          /* the last body passed SX_MAX_RESPONSE */
     pid_t pid;              /* the process whose connections the handle holds */
+    int logging;            /* keep a record of each attempt (2: with the answers) */
+    int nrecs;              /* records of the current call (since sx_conn_start) */
+    sx_attempt_rec recs[SX_MAX_RECS];
     char errbuf[CURL_ERROR_SIZE];
 } sx_conn;
 
@@ -57,6 +73,9 @@ void sx_conn_post(sx_conn *c, const char *url, const char *body, size_t len,
 void sx_conn_start(sx_conn *c, const char *url, const char *body, size_t len, int idempotent);
 void sx_conn_clear_answer(sx_conn *c);
 long sx_conn_finish(sx_conn *c, CURLcode rc, int idempotent, int attempt, sx_result *r);
+
+/* Frees the records' copies of the answers and forgets them. */
+void sx_conn_clear_recs(sx_conn *c);
 
 /* In a child process after fork(), swaps the handle for a duplicate without
  * the parent's connections. 0 when nothing was needed or it worked. */

@@ -112,6 +112,32 @@ return function(module, methods, bridge)
     return now() + (wait or 0) >= q.exit_at
   end
 
+  -- The request log: one entry per attempt to the log option's function, a
+  -- line on stderr under SENDX_DEBUG (as the C transport does).
+  local function log_attempt(t, path, n, kind, status, ms, body, resp)
+    local url = t.scheme .. "://" .. t.host_header .. path
+    local op = path:find("/contact/track", 1, true) and "track" or "identify"
+    if t.debug then
+      io.stderr:write(format("sendx: %s %s attempt %d: %s, status %d, %.1f ms, %d B out, %d B in\n",
+        op, url, n, kind, status or 0, ms, #body, resp and #resp or 0))
+    end
+    if t.log then
+      local e = { op = op, url = url, status = status or 0, kind = kind, attempt = n,
+                  duration_ms = ms, bytes_out = #body, bytes_in = resp and #resp or 0 }
+      if t.log_bodies then e.request, e.response = body, resp end
+      local ok, err = pcall(t.log, e)
+      if not ok then io.stderr:write("sendx: log function error: ", tostring(err), "\n") end
+    end
+  end
+
+  -- What an attempt ended as, in the words of the stats' kinds.
+  local function attempt_kind(kind, status, wait, res, info)
+    if not wait then return res and "ok" or info.kind end
+    if kind == "too_large" then return "http" end
+    if kind == "ok" and not (status and status >= 200 and status < 300) then return "http" end
+    return kind
+  end
+
   -- Sends with the delivery policy (C decides every step); returns the call's
   -- results. `q`, for a queued call, counts retries and may cut the call.
   local function send(client, path, body, idempotent, q)
@@ -119,12 +145,20 @@ return function(module, methods, bridge)
     local n = 0
     update_time()
     local t0 = now()
+    local logging = t.log or t.debug
     while true do
       n = n + 1
+      local a0
+      if logging then update_time() a0 = now() end
       local kind, status, resp, msg, not_sent, retry_after =
         attempt(t, path, body, idempotent, q and q.exit_at and q.exit_at * 1000)
       local wait, res, err, info = step(client, n, idempotent, kind, status, resp, msg, not_sent,
         retry_after)
+      if logging then
+        update_time()
+        log_attempt(t, path, n, attempt_kind(kind, status, wait, res, info), status,
+          (now() - a0) * 1000, body, resp)
+      end
       if not wait then
         if not q then -- a queued call is counted when delivered
           update_time()

@@ -1,0 +1,117 @@
+-- The request log: option `log` gets one table per attempt (sync calls on
+-- the caller's thread, async ones from poll/flush, inside nginx in the
+-- request or timer), never the key, bodies only with log_bodies;
+-- SENDX_DEBUG=1 prints the same lines to stderr.
+local helpers = require "spec.helpers"
+local sendx = require "sendx"
+local cjson = require "cjson"
+local openresty = require "spec.support.openresty"
+
+describe("request log", function()
+  local m = helpers.with_mock { tls = false }
+
+  local function logged(over)
+    local entries = {}
+    local o = { log = function(e) entries[#entries + 1] = e end }
+    for k, v in pairs(over or {}) do o[k] = v end
+    return helpers.client(sendx, m, o), entries
+  end
+
+  it("gets one entry per attempt of a sync call, retries included, without the key or bodies", function()
+    local c, entries = logged()
+    finally(function() c:close() end)
+    m:fault { status = 503, times = 1 }
+    assert(c:identify { email = "log@example.com", tags = { "a" } })
+    assert.equal(2, #entries)
+    local e1, e2 = entries[1], entries[2]
+    assert.same({ "identify", 1, 503, "http" }, { e1.op, e1.attempt, e1.status, e1.kind })
+    assert.same({ "identify", 2, 200, "ok" }, { e2.op, e2.attempt, e2.status, e2.kind })
+    assert.equal(m.url .. "/contact/identify?team_id=" .. m.team_id, e2.url)
+    assert.equal(#c:encode_identify { email = "log@example.com", tags = { "a" } }, e2.bytes_out)
+    assert.is_true(e2.bytes_in > 0 and e2.duration_ms >= 0)
+    assert.is_nil(e2.request)
+    assert.is_nil(e2.response)
+    m:fault { delay = 0.5 }
+    local c2, timeouts = logged { timeout = 0.2, retries = 0 }
+    assert.is_nil(c2:track("log@example.com", { addTags = { "t" } }))
+    assert.same({ "track", "timeout", 0 }, { timeouts[1].op, timeouts[1].kind, timeouts[1].status })
+    c2:close()
+    assert.is_nil(cjson.encode(entries):find(m.api_key, 1, true))
+  end)
+
+  it("carries the bodies with log_bodies = true", function()
+    local c, entries = logged { log_bodies = true }
+    finally(function() c:close() end)
+    assert(c:identify { email = "body@example.com" })
+    assert.equal(c:encode_identify { email = "body@example.com" }, entries[1].request)
+    assert.equal("body@example.com", cjson.decode(entries[1].response).data.email)
+  end)
+
+  it("logs async calls from poll and flush, with or without a callback", function()
+    local c, entries = logged()
+    finally(function() c:close() end)
+    assert(c:identify_async { email = "a1@example.com" })
+    assert(c:track_async("a1@example.com", { addTags = { "x" } }, function() end))
+    assert.equal(0, #entries) -- never from the background thread
+    assert(c:flush(10))
+    assert.equal(2, #entries)
+    local ops = { entries[1].op, entries[2].op }
+    table.sort(ops)
+    assert.same({ "identify", "track" }, ops)
+  end)
+
+  it("a log function that raises does not change the call's result", function()
+    local c = helpers.client(sendx, m, { log = function() error("log broke") end })
+    finally(function() c:close() end)
+    assert(c:identify { email = "raise@example.com" })
+  end)
+
+  it("SENDX_DEBUG=1 prints one line per attempt to stderr for any client", function()
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write(string.format([[
+      local sendx = require "sendx"
+      local c = sendx.new { api_key = %q, team_id = %q, base_url = %q }
+      assert(c:identify { email = "debug@example.com" })
+      c:close()
+    ]], m.api_key, m.team_id, m.url))
+    f:close()
+    finally(function() os.remove(script) end)
+    local cmd = string.format("LUA_CPATH='%s/?.so;;' %s %s", os.getenv("SENDX_TEST_BUILD") or "build/lua5.4",
+      os.getenv("SENDX_TEST_LUA") or "lua5.4", script)
+    local rc, out = helpers.run("SENDX_DEBUG=1 " .. cmd)
+    assert.equal(0, rc, out)
+    assert.matches("sendx: identify " .. m.url:gsub("%p", "%%%0") .. "/contact/identify%?team_id=[^ ]+ attempt 1: ok, status 200", out)
+    assert.is_nil(out:find(m.api_key, 1, true))
+    rc, out = helpers.run(cmd)
+    assert.equal(0, rc, out)
+    assert.equal("rc=0\n", out) -- helpers.run appends the status: nothing else was printed
+  end)
+end)
+
+if openresty.skip_outside_jit("request log inside nginx", describe, pending) then return end
+
+describe("request log inside nginx", function()
+  it("gets the same entries in the request", function()
+    local mock = require "tools.mock"
+    local m = mock.start()
+    local app = openresty.start(m, 1)
+    finally(function() app:stop() m:stop() end)
+    m:fault { status = 503, times = 1 }
+    local r = app:run(string.format([[
+      local entries = {}
+      local c = require("sendx").new { api_key = %q, team_id = %q, base_url = %q,
+        log = function(e) entries[#entries + 1] = e end, log_bodies = true }
+      assert(c:identify { email = "ngx@example.com" })
+      return entries
+    ]], m.api_key, m.team_id, m.url))
+    assert.is_true(r.ok, r.r1)
+    local e = r.r1
+    assert.equal(2, #e)
+    assert.same({ "identify", 1, 503, "http" }, { e[1].op, e[1].attempt, e[1].status, e[1].kind })
+    assert.same({ "identify", 2, 200, "ok" }, { e[2].op, e[2].attempt, e[2].status, e[2].kind })
+    assert.equal(m.url .. "/contact/identify?team_id=" .. m.team_id, e[2].url)
+    assert.matches("ngx@example.com", e[2].request, 1, true)
+    assert.is_true(e[2].bytes_in > 0)
+  end)
+end)
