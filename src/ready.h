@@ -5,7 +5,9 @@
  * An eventfd on Linux; a pipe elsewhere, or when built with
  * -DSENDX_NO_EVENTFD (what `make test-portable` does, so that the path the
  * other systems take runs in CI too). Both ends are non-blocking and
- * close-on-exec.
+ * close-on-exec. The read end stays open while the worker may write (it is
+ * closed after the thread is joined, or in a forked child where no worker
+ * runs): no write ever raises SIGPIPE.
  */
 #ifndef SENDX_READY_H
 #define SENDX_READY_H
