@@ -1,6 +1,7 @@
 -- types/sendx.lua (LuaLS annotations) names exactly what the module registers:
--- the module's functions and fields, the client's methods (read from a loaded
--- module and a live client), and the options of src/options.h.
+-- the module's functions and fields, the methods of a client and of a
+-- recorder (read from the loaded module and live objects), and the options of
+-- src/options.h.
 local sendx = require "sendx"
 local helpers = require "spec.helpers"
 
@@ -72,6 +73,18 @@ describe("types/sendx.lua", function()
     assert.same(sorted_keys(registered), sorted_keys(declared("\nfunction Client:([%w_]+)%(")))
   end)
 
+  it("declares exactly the recorder's methods", function()
+    local r = sendx.recorder()
+    local index = getmetatable(r).__index
+    assert.is_table(index)
+    local registered = {}
+    for k, v in pairs(index) do
+      if type(v) == "function" and not k:match("^__") then registered[k] = true end
+    end
+    r:close()
+    assert.same(sorted_keys(registered), sorted_keys(declared("\nfunction Recorder:([%w_]+)%(")))
+  end)
+
   it("declares exactly the options of src/options.h", function()
     local options = {}
     for name in read("src/options.h"):gmatch("\n%s*X%(([%w_]+),") do options[name] = true end
@@ -81,7 +94,7 @@ describe("types/sendx.lua", function()
 
   it("gives every declared function a doc or a type", function()
     for before, name in types:gmatch("([^\n]*)\nfunction ([%w_.:]+)%(") do
-      assert.matches("^%-%-%-@", before, name .. " has no annotation above it")
+      assert.matches("^%-%-%-", before, name .. " has no annotation above it")
     end
   end)
 end)

@@ -178,6 +178,88 @@ function Client:retry_dead(ids) end
 ---@return integer n
 function Client:purge_dead(ids) end
 
+---What a recorder would have sent (one per attempt).
+---@class sendx.RecordedRequest
+---@field method string
+---@field op "identify"|"track"
+---@field path string
+---@field query table<string, string> decoded
+---@field headers table<string, string> never the key
+---@field body table decoded
+---@field raw string the JSON
+
+---A test double with a client's methods: calls are validated and encoded as a
+---real client's, go nowhere, and are answered as SendX would.
+---@class sendx.Recorder
+local Recorder = {}
+
+---@param contact sendx.Contact
+---@return sendx.Response? res
+---@return string? err
+---@return sendx.ErrorInfo? info
+function Recorder:identify(contact) end
+
+---@param email string
+---@param changes sendx.Changes
+---@return sendx.Response? res
+---@return string? err
+---@return sendx.ErrorInfo? info
+function Recorder:track(email, changes) end
+
+---Queued; played (and its callback run) by poll, flush or close.
+---@param contact sendx.Contact
+---@param callback? sendx.Callback
+---@return true|nil ok
+---@return string? err
+function Recorder:identify_async(contact, callback) end
+
+---@param email string
+---@param changes sendx.Changes
+---@param callback? sendx.Callback
+---@return true|nil ok
+---@return string? err
+function Recorder:track_async(email, changes, callback) end
+
+---@return integer n
+---@return any[]? errors
+function Recorder:poll() end
+
+---@param timeout? number
+---@return true ok
+---@return nil
+---@return any[]? errors
+function Recorder:flush(timeout) end
+
+---@return true ok
+---@return nil
+---@return any[]? errors
+function Recorder:close() end
+
+---@return sendx.Stats
+function Recorder:stats() end
+
+---@param contact sendx.Contact
+---@return string json
+function Recorder:encode_identify(contact) end
+
+---@param email string
+---@param changes sendx.Changes
+---@return string json
+function Recorder:encode_track(email, changes) end
+
+---Every request a real client would have sent (each attempt), oldest first.
+---@return sendx.RecordedRequest[]
+function Recorder:requests() end
+
+---The next attempts (1, or `times`) fail with this HTTP status or kind.
+---@param status_or_kind integer|"network"|"timeout"|"tls"|"api"|"decode"
+---@param times? integer
+---@return sendx.Recorder self
+function Recorder:fail_next(status_or_kind, times) end
+
+---Forgets requests, contacts and scripted failures.
+function Recorder:reset() end
+
 ---@class sendx
 ---@field version string
 local sendx = {}
@@ -250,5 +332,10 @@ function sendx.retry_dead(ids) end
 ---@param ids? integer[]
 ---@return integer n
 function sendx.purge_dead(ids) end
+
+---A test double for your specs (options as for `sendx.new`; credentials optional; no spool).
+---@param options? sendx.Options
+---@return sendx.Recorder
+function sendx.recorder(options) end
 
 return sendx
