@@ -85,6 +85,15 @@ describe("types/sendx.lua", function()
     assert.same(sorted_keys(registered), sorted_keys(declared("\nfunction Recorder:([%w_]+)%(")))
   end)
 
+  it("declares exactly the fields of stats()", function()
+    local c = helpers.offline_client(sendx)
+    local st = c:stats()
+    c:close()
+    assert.same(sorted_keys(st), sorted_keys(fields_of("sendx.Stats")))
+    assert.same(sorted_keys(st.sync), sorted_keys(fields_of("sendx.SyncStats")))
+    assert.same(sorted_keys(st.latency), sorted_keys(fields_of("sendx.Latency")))
+  end)
+
   it("declares exactly the options of src/options.h", function()
     local options = {}
     for name in read("src/options.h"):gmatch("\n%s*X%(([%w_]+),") do options[name] = true end

@@ -63,6 +63,25 @@
 
 ---@alias sendx.Callback fun(res: sendx.Response?, err: string?, info: sendx.ErrorInfo?)
 
+---@alias sendx.KindCounts table<sendx.Kind, integer> failed calls by kind (absent kinds: nil)
+
+---The synchronous calls' counts.
+---@class sendx.SyncStats
+---@field calls integer
+---@field ok integer
+---@field failed integer
+---@field retried integer extra attempts made
+---@field kinds sendx.KindCounts
+
+---Milliseconds from a call to its outcome, over a fixed-size histogram.
+---@class sendx.Latency
+---@field count integer completed calls measured (sync and async)
+---@field p50 number
+---@field p90 number
+---@field p99 number
+---@field max number
+
+---`client:stats()`, `sendx.stats()`: the asynchronous queue's counts, then every call's.
 ---@class sendx.Stats
 ---@field queued integer
 ---@field in_flight integer
@@ -71,6 +90,9 @@
 ---@field retried integer
 ---@field dropped integer
 ---@field spooled integer calls committed to the spool by this client
+---@field sync sendx.SyncStats
+---@field kinds sendx.KindCounts failed async calls by kind
+---@field latency sendx.Latency
 
 ---@class sendx.SpoolStats
 ---@field pending integer
@@ -317,6 +339,10 @@ function sendx.poll() end
 ---@return string? err
 ---@return any[]? errors
 function sendx.flush(timeout) end
+
+---The default client's counts (see `client:stats()`).
+---@return sendx.Stats
+function sendx.stats() end
 
 ---@return sendx.SpoolStats
 function sendx.spool_stats() end
