@@ -36,7 +36,7 @@ build = {
   modules = {
     sendx = {
       -- the same sources as the Makefile's SOURCES
-      sources = { "src/sendx.c", "src/options.c", "src/client.c", "src/client_async.c", "src/client_spool.c", "src/client_log.c", "src/results.c", "src/bridge.c", "src/argcheck.c", "src/encode.c", "src/transport.c", "src/policy.c", "src/metrics.c", "src/async.c", "src/async_spool.c", "src/spool.c", "src/buffer.c", "src/compat.c" },
+      sources = { "src/sendx.c", "src/options.c", "src/client.c", "src/client_async.c", "src/client_spool.c", "src/client_log.c", "src/results.c", "src/bridge.c", "src/argcheck.c", "src/encode.c", "src/transport.c", "src/policy.c", "src/metrics.c", "src/async.c", "src/async_spool.c", "src/spool.c", "src/ready.c", "src/buffer.c", "src/compat.c" },
       defines = { "_POSIX_C_SOURCE=200809L", "_DEFAULT_SOURCE" },
       incdirs = { "$(CURL_INCDIR)", "$(SQLITE_INCDIR)" },
       libdirs = { "$(CURL_LIBDIR)", "$(SQLITE_LIBDIR)" },

@@ -201,6 +201,68 @@ describe("async", function()
     assert.is_false(readable(fd, 0))
   end)
 
+  -- The descriptor behind fd(): an eventfd on Linux, a pipe in the portable
+  -- build (make test-portable sets SENDX_TEST_READY=pipe); every end of it
+  -- non-blocking and close-on-exec.
+  local function fd_target(fd)
+    local p = io.popen("readlink /proc/" .. helpers.pid() .. "/fd/" .. fd)
+    local t = p:read("*l")
+    p:close()
+    return t
+  end
+  local function fd_flags(fd)
+    local f = assert(io.open("/proc/self/fdinfo/" .. fd))
+    local flags = tonumber(f:read("*a"):match("flags:%s*(%d+)"), 8)
+    f:close()
+    return flags
+  end
+  local O_NONBLOCK, O_CLOEXEC = 2048, 524288 -- 04000, 02000000 (Linux, x86 and arm)
+  local function has(flags, bit) return flags % (2 * bit) >= bit end
+
+  it("fd is the readiness descriptor this build was made for, non-blocking and close-on-exec", function()
+    if not io.open("/proc/self/fdinfo/0") then pending("needs /proc (Linux)") return end
+    local c = new()
+    local fd = c:fd()
+    local target = fd_target(fd)
+    local ends = { fd }
+    if os.getenv("SENDX_TEST_READY") == "pipe" then
+      assert.matches("^pipe:%[%d+%]$", target)
+      ends = {} -- both ends: every descriptor of this process on that pipe
+      local p = io.popen("ls /proc/" .. helpers.pid() .. "/fd")
+      for n in p:lines() do
+        if fd_target(n) == target then ends[#ends + 1] = tonumber(n) end
+      end
+      p:close()
+      assert.equal(2, #ends)
+    else
+      assert.equal("anon_inode:[eventfd]", target)
+    end
+    for _, e in ipairs(ends) do
+      assert.is_true(has(fd_flags(e), O_NONBLOCK), "fd " .. e .. " blocks")
+      assert.is_true(has(fd_flags(e), O_CLOEXEC), "fd " .. e .. " is inherited by exec")
+    end
+  end)
+
+  it("fd after many completions: readable until polled, then readable again on the next", function()
+    local c = new { max_in_flight = 16 }
+    local fd = c:fd()
+    local ran = 0
+    for round = 1, 2 do
+      for i = 1, 300 do
+        assert.is_true(c:identify_async({ email = "many" .. i .. "@example.com" }, function() ran = ran + 1 end))
+      end
+      for _ = 1, 500 do
+        if c:stats().sent == 300 * round then break end
+        socket.sleep(0.01)
+      end
+      assert.equal(300 * round, c:stats().sent)
+      assert.is_true(readable(fd, 0))
+      assert.equal(300, c:poll())
+      assert.is_false(readable(fd, 0))
+    end
+    assert.equal(600, ran)
+  end)
+
   it("reports a callback that raises, and keeps going", function()
     local c = new()
     c:identify_async({ email = "e1@example.com" }, function() error("boom", 0) end)

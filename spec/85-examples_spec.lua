@@ -5,7 +5,8 @@ local lua = os.getenv("SENDX_TEST_LUA") or "lua5.4"
 local build = os.getenv("SENDX_TEST_BUILD") or "build/lua5.4"
 local target = os.getenv("SENDX_TEST_LUA_VERSION") or "5.4" -- the Makefile's LUA_VERSION
 
-local run = require("spec.helpers").run
+local helpers = require "spec.helpers"
+local run, header_commands = helpers.run, helpers.header_commands
 
 local EXAMPLES = { "examples/quickstart.lua", "examples/game_loop.lua", "examples/embed/host.c",
                    "examples/openresty/nginx.conf" }
@@ -17,26 +18,8 @@ local function read(f)
   return s
 end
 
--- The `make run EXAMPLE=...` commands in a file's comments, in order, each up
--- to the end of its line or a trailing `-- ...` / `(...)` remark.
-local function header_commands(file)
-  local cmds = {}
-  for line in read(file):gmatch("[^\n]+") do
-    local cmd = line:match("^%s*[-#*/]+%s.-(make run EXAMPLE=.*)$")
-    if cmd then
-      cmd = cmd:gsub("%s+%-%-.*$", ""):gsub("%s+%(.*$", ""):gsub("%s+$", "")
-      cmds[#cmds + 1] = cmd
-    end
-  end
-  return cmds
-end
-
--- Runs a header command with this pass's interpreter and build (and no
--- make flags inherited from the `make test` that runs busted).
 local function make_run(cmd)
-  assert(cmd:sub(1, 9) == "make run ", cmd)
-  return run(string.format("env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s --no-print-directory %s LUA=%s LUA_VERSION=%s BUILD=%s",
-    cmd:sub(6), lua, target, build))
+  return helpers.make_run(cmd, lua, target, build)
 end
 
 describe("example headers", function()

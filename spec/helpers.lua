@@ -80,6 +80,32 @@ function helpers.run(cmd)
   return tonumber(out:match("rc=(%d+)%s*$")), out
 end
 
+-- The `make run EXAMPLE=...` commands in a file's comments, in order, each up
+-- to the end of its line or a trailing `-- ...` / `(...)` remark.
+function helpers.header_commands(file)
+  local h = assert(io.open(file))
+  local text = h:read("*a")
+  h:close()
+  local cmds = {}
+  for line in text:gmatch("[^\n]+") do
+    local cmd = line:match("^%s*[-#*/]+%s.-(make run EXAMPLE=.*)$")
+    if cmd then
+      cmd = cmd:gsub("%s+%-%-.*$", ""):gsub("%s+%(.*$", ""):gsub("%s+$", "")
+      cmds[#cmds + 1] = cmd
+    end
+  end
+  return cmds
+end
+
+-- Runs a header command (`make run ...`) with a pass's interpreter, Makefile
+-- LUA_VERSION and build, without the make flags of the `make test` that runs
+-- busted; env: "NAME=value ..." put before it. Returns the exit status and output.
+function helpers.make_run(cmd, lua, version, build, env)
+  assert(cmd:sub(1, 9) == "make run ", cmd)
+  return helpers.run(string.format("env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL %s make -s --no-print-directory %s LUA=%s LUA_VERSION=%s BUILD=%s",
+    env or "", cmd:sub(6), lua, version, build))
+end
+
 -- Runs a spec/support server script in the background with a port file and
 -- extra arguments; returns its port and a function that stops it.
 function helpers.background_server(script, ...)

@@ -6,7 +6,11 @@
  * The lock guards the lists and counters shared with the caller's thread;
  * the multi handle, the slots and the retry list belong to the worker.
  */
-#define _GNU_SOURCE /* dladdr, on glibc */
+#define _GNU_SOURCE      /* dladdr, on glibc */
+#define _DARWIN_C_SOURCE /* dladdr, on macOS, despite _POSIX_C_SOURCE */
+#if defined(__FreeBSD__) || defined(__NetBSD__) || defined(__OpenBSD__) || defined(__DragonFly__)
+#undef _POSIX_C_SOURCE   /* the BSDs hide dladdr under it */
+#endif
 #include "async_impl.h"
 
 #include <dlfcn.h>
@@ -15,7 +19,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -162,11 +165,8 @@ sx_job *sx_async_take(sx_async *a)
         a->ndone--;
         a->done_bytes -= j->len + j->response_len;
     }
-    if (a->done == NULL) {
-        uint64_t n;
-        while (read(a->efd, &n, sizeof n) > 0) /* non-blocking: drains */
-            ;
-    }
+    if (a->done == NULL)
+        sx_ready_clear(&a->ready);
     pthread_mutex_unlock(&a->mu);
     return j;
 }
@@ -207,7 +207,7 @@ long sx_async_outstanding(sx_async *a)
 
 int sx_async_fd(sx_async *a)
 {
-    return a->efd;
+    return a->ready.rfd;
 }
 
 pid_t sx_async_pid(const sx_async *a)
@@ -218,7 +218,7 @@ pid_t sx_async_pid(const sx_async *a)
 void sx_async_wait(sx_async *a, long ms)
 {
     struct pollfd p;
-    p.fd = a->efd;
+    p.fd = a->ready.rfd;
     p.events = POLLIN;
     p.revents = 0;
     while (poll(&p, 1, (int)ms) < 0 && errno == EINTR)
@@ -234,7 +234,6 @@ void sx_async_wait(sx_async *a, long ms)
  * when nobody will read its results. */
 void sx_complete(sx_async *a, sx_job *j)
 {
-    uint64_t one = 1;
     sx_kind final = j->r.kind;
     if (final == SX_OK)
         final = sx_policy_judge_body(j->response ? j->response : "", j->response_len);
@@ -251,9 +250,8 @@ void sx_complete(sx_async *a, sx_job *j)
     sx_append(&a->done, &a->done_tail, j);
     a->ndone++;
     a->done_bytes += j->len + j->response_len;
-    if (write(a->efd, &one, sizeof one) < 0) {
-        /* the counter cannot overflow in practice; readiness stays set */
-    }
+    if (a->ndone == 1) /* under mu, like the clear in sx_async_take */
+        sx_ready_set(&a->ready);
 }
 
 /* The oldest retry that is due, or NULL. */
@@ -489,8 +487,13 @@ static void after_fork_child(void)
 static void install_atfork(void)
 {
     Dl_info self;
-    if (dladdr((void *)install_atfork, &self) != 0 && self.dli_fname != NULL)
+    if (dladdr((void *)install_atfork, &self) != 0 && self.dli_fname != NULL) {
+#if defined(RTLD_NODELETE) && defined(RTLD_NOLOAD)
         (void)dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+#else
+        (void)dlopen(self.dli_fname, RTLD_NOW); /* a reference never let go */
+#endif
+    }
     pthread_atfork(before_fork, after_fork_parent, after_fork_child);
 }
 
@@ -596,8 +599,7 @@ static void teardown(sx_async *a)
     free_slots(a); /* the slots not opened are zeroed: closing them is a no-op */
     if (a->multi != NULL)
         curl_multi_cleanup(a->multi);
-    if (a->efd >= 0)
-        close(a->efd);
+    sx_ready_close(&a->ready);
     sx_spool_close(a->o.spool);
     free(a->base);
     free(a);
@@ -613,7 +615,8 @@ sx_async *sx_async_new(CURL *model, const sx_async_opts *o)
     a->o.base = NULL; /* the caller's; a->base is the copy */
     a->pid = getpid();
     a->nslots = o->max_in_flight < 1 ? 1 : o->max_in_flight > MAX_SLOTS ? MAX_SLOTS : o->max_in_flight;
-    a->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (sx_ready_open(&a->ready) != 0)
+        a->ready.rfd = a->ready.wfd = -1; /* refused below */
     a->multi = curl_multi_init();
     if (pthread_mutex_init(&a->mu, NULL) == 0) {
         if (pthread_cond_init(&a->cv, NULL) == 0)
@@ -626,7 +629,7 @@ sx_async *sx_async_new(CURL *model, const sx_async_opts *o)
             break;
     if (o->spool != NULL && (a->base = strdup(o->base)) == NULL)
         i = -1;
-    if (i < a->nslots || a->efd < 0 || a->multi == NULL || !a->has_mutex) {
+    if (i < a->nslots || a->ready.rfd < 0 || a->multi == NULL || !a->has_mutex) {
         teardown(a);
         return NULL;
     }
@@ -659,7 +662,7 @@ void sx_async_free(sx_async *a)
 
 void sx_async_disown(sx_async *a)
 {
-    /* Our copy of the descriptor only; the parent's stays open. The spool
+    /* Our copies of the descriptors only; the parent's stay open. The spool
      * connection is not touched either (SQLite's must not cross fork). */
-    close(a->efd);
+    sx_ready_close(&a->ready);
 }

@@ -9,6 +9,7 @@
 #define SENDX_ASYNC_IMPL_H
 
 #include "async.h"
+#include "ready.h"
 
 #include <pthread.h>
 
@@ -18,7 +19,7 @@ struct sx_async {
     pthread_mutex_t mu;
     pthread_t thread;
     pid_t pid;
-    int efd;                       /* eventfd: readable while done is not empty */
+    sx_ready ready;                /* readable while done is not empty (ready.h) */
     CURLM *multi;
     sx_async_opts o;
     int has_mutex;                 /* mu and cv were initialised */
