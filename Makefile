@@ -21,7 +21,7 @@
 #                        async specs under valgrind memcheck
 #   make check           cppcheck, clang-tidy, warning-free gcc and clang builds
 #   make fuzz            libFuzzer: the encoder and the response path, FUZZ_SECONDS each
-#   make install         install sendx.so and sendx/resty.lua under $(DESTDIR)$(PREFIX)
+#   make install         install sendx.so, sendx/resty.lua and the sendx command under $(DESTDIR)$(PREFIX)
 #   make rock            luarocks make, in a temporary copy (nothing is left here; LUAROCKS_FLAGS)
 
 LUA_VERSION ?= 5.4
@@ -46,6 +46,9 @@ PREFIX      ?= /usr/local
 DESTDIR     ?=
 INSTALL_CMOD ?= $(PREFIX)/lib/lua/$(LUA_ABI)
 INSTALL_LMOD ?= $(PREFIX)/share/lua/$(LUA_ABI)
+INSTALL_BIN ?= $(PREFIX)/bin
+# the interpreter bin/sendx is installed to run with (its #! line)
+LUA_BIN     ?= $(shell command -v $(LUA) 2>/dev/null || echo /usr/bin/$(LUA))
 
 CC          ?= cc
 CFLAGS      ?= -O2 -g
@@ -257,13 +260,18 @@ bench:
 	@$(MAKE) --no-print-directory build/lua5.4/sendx.so build/bench/limit LUA_VERSION=5.4
 	@lua5.4 bench/run.lua $(BENCH_ROUNDS)
 
+# bin/sendx starts with `#!/usr/bin/env lua`; installed, it names LUA_VERSION's interpreter.
 install: $(MODULE)
-	install -d $(DESTDIR)$(INSTALL_CMOD) $(DESTDIR)$(INSTALL_LMOD)/sendx
+	install -d $(DESTDIR)$(INSTALL_CMOD) $(DESTDIR)$(INSTALL_LMOD)/sendx $(DESTDIR)$(INSTALL_BIN)
 	install -m 0755 $(MODULE) $(DESTDIR)$(INSTALL_CMOD)/sendx.so
 	install -m 0644 $(LUA_MODULES) $(DESTDIR)$(INSTALL_LMOD)/sendx/
+	sed '1s|^#!.*|#!$(LUA_BIN)|' bin/sendx > $(DESTDIR)$(INSTALL_BIN)/sendx.tmp
+	chmod 0755 $(DESTDIR)$(INSTALL_BIN)/sendx.tmp
+	mv $(DESTDIR)$(INSTALL_BIN)/sendx.tmp $(DESTDIR)$(INSTALL_BIN)/sendx
 
 uninstall:
-	rm -f $(DESTDIR)$(INSTALL_CMOD)/sendx.so $(addprefix $(DESTDIR)$(INSTALL_LMOD)/sendx/,$(notdir $(LUA_MODULES)))
+	rm -f $(DESTDIR)$(INSTALL_CMOD)/sendx.so $(addprefix $(DESTDIR)$(INSTALL_LMOD)/sendx/,$(notdir $(LUA_MODULES))) \
+	  $(DESTDIR)$(INSTALL_BIN)/sendx
 
 # luarocks' builtin build compiles next to the sources (src/*.o) and links
 # ./sendx.so, which `require` run from here would then find before any build:
@@ -273,7 +281,7 @@ LUAROCKS ?= luarocks
 LUAROCKS_FLAGS ?=
 rock:
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
-	cp -R src sendx-scm-1.rockspec "$$tmp" && cd "$$tmp" && \
+	cp -R src bin sendx-scm-1.rockspec "$$tmp" && cd "$$tmp" && \
 	$(LUAROCKS) --lua-version=$(LUA_ABI) make --deps-mode=none $(LUAROCKS_FLAGS) sendx-scm-1.rockspec
 
 # sendx.so and src/*.o: what `luarocks make` run in the checkout leaves

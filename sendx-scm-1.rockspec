@@ -23,6 +23,9 @@ description = {
 dependencies = {
   "lua >= 5.1",
   "lua-cjson",
+  -- the sendx command (bin/sendx) only
+  "argparse",
+  "luasocket",
 }
 external_dependencies = {
   -- Only the library is looked up: Debian keeps curl/curl.h in a multiarch
@@ -45,5 +48,9 @@ build = {
     -- the OpenResty transport, loaded by the C module inside nginx
     ["sendx.resty"] = "src/sendx/resty.lua",
     ["sendx.http"] = "src/sendx/http.lua",
+  },
+  -- the sendx command; LuaRocks wraps it to run with the tree's Lua
+  install = {
+    bin = { sendx = "bin/sendx" },
   },
 }
