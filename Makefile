@@ -16,6 +16,7 @@
 #                        against what SENDX_API_KEY, SENDX_TEAM_ID and SENDX_BASE_URL name)
 #   make embed-tsan      build examples/embed under ThreadSanitizer and run it against the mock
 #   make bench           benchmarks against the limit and the peers (bench/RESULTS.md)
+#   make bench-cli       only the sendx command's import rows (bench/cli.lua)
 #   make test-asan       the Lua 5.4 suite under ASan + UBSan, once with aggressive GC
 #   make test-valgrind   the encoder, options, client, transport, retries, TLS, resources and
 #                        async specs under valgrind memcheck
@@ -69,7 +70,7 @@ MODULE  = $(BUILD)/sendx.so
 
 BUSTED_ARGS ?=
 
-.PHONY: all check fuzz test-valgrind test ci test-one test-all test-asan demo run embed embed-tsan bench install uninstall rock clean
+.PHONY: all check fuzz test-valgrind test ci test-one test-all test-asan demo run embed embed-tsan bench bench-cli install uninstall rock clean
 
 all: $(MODULE)
 
@@ -259,6 +260,15 @@ bench:
 	@.ci/install-deps test
 	@$(MAKE) --no-print-directory build/lua5.4/sendx.so build/bench/limit LUA_VERSION=5.4
 	@lua5.4 bench/run.lua $(BENCH_ROUNDS)
+	@$(MAKE) --no-print-directory bench-cli
+
+# The sendx command's import (bench/cli.lua): rows/s at 0 and 50 ms, RSS of a
+# BENCH_CLI_ROWS import against 10 000 rows; its section of bench/RESULTS.md.
+BENCH_CLI_ROUNDS ?= 3
+BENCH_CLI_ROWS ?= 1000000
+bench-cli:
+	@$(MAKE) --no-print-directory build/lua5.4/sendx.so LUA_VERSION=5.4
+	@lua5.4 bench/cli.lua $(BENCH_CLI_ROUNDS) $(BENCH_CLI_ROWS)
 
 # bin/sendx starts with `#!/usr/bin/env lua`; installed, it names LUA_VERSION's interpreter.
 install: $(MODULE)
