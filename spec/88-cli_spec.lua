@@ -273,6 +273,15 @@ describe("sendx command", function()
       assert.truthy(m:contact("f3@example.com"))
     end)
 
+    it("429 with Retry-After is retried by the engine and counted", function()
+      local csv = write(TMP .. "/r.csv", "email\nq1@example.com\nq2@example.com\n")
+      m:fault { status = 429, retry_after = "0", times = 2 }
+      local rc, _, err = sendx(m, "import " .. csv .. " --concurrency 1")
+      assert.equal(0, rc, err)
+      assert.truthy(err:find("2 delivered, 0 failed, 0 invalid, 2 retries", 1, true), err)
+      assert.equal(4, #api_requests(m))
+    end)
+
     it("every row delivered: exit 0, and a summary", function()
       local csv = write(TMP .. "/ok.csv", "email\no1@example.com\no2@example.com\n")
       local rc, out, err = sendx(m, "import " .. csv)
