@@ -19,12 +19,13 @@
 #                        against what SENDX_API_KEY, SENDX_TEAM_ID and SENDX_BASE_URL name)
 #   make embed-tsan      build examples/embed under ThreadSanitizer and run it against the mock
 #   make bench           benchmarks against the limit and the peers (bench/RESULTS.md)
+#   make bench-cli       only the sendx command's import rows (bench/cli.lua)
 #   make test-asan       the Lua 5.4 suite under ASan + UBSan, once with aggressive GC
 #   make test-valgrind   the encoder, options, client, transport, retries, TLS, resources and
 #                        async specs under valgrind memcheck
 #   make check           cppcheck, clang-tidy, warning-free gcc and clang builds
 #   make fuzz            libFuzzer: the encoder and the response path, FUZZ_SECONDS each
-#   make install         install sendx.so and sendx/resty.lua under $(DESTDIR)$(PREFIX)
+#   make install         install sendx.so, sendx/resty.lua and the sendx command under $(DESTDIR)$(PREFIX)
 #   make rock            luarocks make, in a temporary copy (nothing is left here; LUAROCKS_FLAGS)
 
 LUA_VERSION ?= 5.4
@@ -49,6 +50,9 @@ PREFIX      ?= /usr/local
 DESTDIR     ?=
 INSTALL_CMOD ?= $(PREFIX)/lib/lua/$(LUA_ABI)
 INSTALL_LMOD ?= $(PREFIX)/share/lua/$(LUA_ABI)
+INSTALL_BIN ?= $(PREFIX)/bin
+# the interpreter bin/sendx is installed to run with (its #! line)
+LUA_BIN     ?= $(shell command -v $(LUA) 2>/dev/null || echo /usr/bin/$(LUA))
 
 CC          ?= cc
 CFLAGS      ?= -O2 -g
@@ -76,7 +80,7 @@ MODULE  = $(BUILD)/sendx.so
 
 BUSTED_ARGS ?=
 
-.PHONY: all check fuzz test-valgrind test ci test-one test-all test-portable test-asan demo run embed embed-tsan bench install uninstall rock clean
+.PHONY: all check fuzz test-valgrind test ci test-one test-all test-portable test-asan demo run embed embed-tsan bench bench-cli install uninstall rock clean
 
 all: $(MODULE)
 
@@ -278,14 +282,28 @@ bench:
 	@.ci/install-deps test
 	@$(MAKE) --no-print-directory build/lua5.4/sendx.so build/bench/limit LUA_VERSION=5.4
 	@lua5.4 bench/run.lua $(BENCH_ROUNDS)
+	@$(MAKE) --no-print-directory bench-cli
 
+# The sendx command's import (bench/cli.lua): rows/s at 0 and 50 ms, RSS of a
+# BENCH_CLI_ROWS import against 10 000 rows; its section of bench/RESULTS.md.
+BENCH_CLI_ROUNDS ?= 3
+BENCH_CLI_ROWS ?= 1000000
+bench-cli:
+	@$(MAKE) --no-print-directory build/lua5.4/sendx.so LUA_VERSION=5.4
+	@lua5.4 bench/cli.lua $(BENCH_CLI_ROUNDS) $(BENCH_CLI_ROWS)
+
+# bin/sendx starts with `#!/usr/bin/env lua`; installed, it names LUA_VERSION's interpreter.
 install: $(MODULE)
-	install -d $(DESTDIR)$(INSTALL_CMOD) $(DESTDIR)$(INSTALL_LMOD)/sendx
+	install -d $(DESTDIR)$(INSTALL_CMOD) $(DESTDIR)$(INSTALL_LMOD)/sendx $(DESTDIR)$(INSTALL_BIN)
 	install -m 0755 $(MODULE) $(DESTDIR)$(INSTALL_CMOD)/sendx.so
 	install -m 0644 $(LUA_MODULES) $(DESTDIR)$(INSTALL_LMOD)/sendx/
+	sed '1s|^#!.*|#!$(LUA_BIN)|' bin/sendx > $(DESTDIR)$(INSTALL_BIN)/sendx.tmp
+	chmod 0755 $(DESTDIR)$(INSTALL_BIN)/sendx.tmp
+	mv $(DESTDIR)$(INSTALL_BIN)/sendx.tmp $(DESTDIR)$(INSTALL_BIN)/sendx
 
 uninstall:
-	rm -f $(DESTDIR)$(INSTALL_CMOD)/sendx.so $(addprefix $(DESTDIR)$(INSTALL_LMOD)/sendx/,$(notdir $(LUA_MODULES)))
+	rm -f $(DESTDIR)$(INSTALL_CMOD)/sendx.so $(addprefix $(DESTDIR)$(INSTALL_LMOD)/sendx/,$(notdir $(LUA_MODULES))) \
+	  $(DESTDIR)$(INSTALL_BIN)/sendx
 
 # luarocks' builtin build compiles next to the sources (src/*.o) and links
 # ./sendx.so, which `require` run from here would then find before any build:
@@ -295,7 +313,7 @@ LUAROCKS ?= luarocks
 LUAROCKS_FLAGS ?=
 rock:
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
-	cp -R src sendx-scm-1.rockspec "$$tmp" && cd "$$tmp" && \
+	cp -R src bin sendx-scm-1.rockspec "$$tmp" && cd "$$tmp" && \
 	$(LUAROCKS) --lua-version=$(LUA_ABI) make --deps-mode=none $(LUAROCKS_FLAGS) sendx-scm-1.rockspec
 
 # sendx.so and src/*.o: what `luarocks make` run in the checkout leaves

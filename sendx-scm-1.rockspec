@@ -23,6 +23,9 @@ description = {
 dependencies = {
   "lua >= 5.1",
   "lua-cjson",
+  -- the sendx command (bin/sendx) only
+  "argparse",
+  "luasocket",
 }
 external_dependencies = {
   -- Only the library is looked up: Debian keeps curl/curl.h in a multiarch
@@ -47,5 +50,9 @@ build = {
     ["sendx.http"] = "src/sendx/http.lua",
     -- sendx.recorder(): the test double, loaded on first use
     ["sendx.recorder"] = "src/sendx/recorder.lua",
+  },
+  -- the sendx command; LuaRocks wraps it to run with the tree's Lua
+  install = {
+    bin = { sendx = "bin/sendx" },
   },
 }

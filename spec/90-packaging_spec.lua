@@ -47,7 +47,7 @@ describe("packaging", function()
     -- a copy of the checkout, so that concurrent builds here do not interfere
     local tree, checkout = tmpdir(), tmpdir()
     finally(function() os.execute("rm -rf " .. tree .. " " .. checkout) end)
-    assert(run("cp -r Makefile src sendx-scm-1.rockspec " .. checkout) == 0)
+    assert(run("cp -r Makefile src bin sendx-scm-1.rockspec " .. checkout) == 0)
     local rc, out = run(string.format("%s -C %s rock LUA_VERSION=%s LUAROCKS_FLAGS=--tree=%s",
       MAKE, checkout, target, tree))
     assert.equal(0, rc, out)
@@ -61,7 +61,7 @@ describe("packaging", function()
   it("make clean removes what a plain luarocks make in the checkout leaves (./sendx.so, src/*.o)", function()
     local checkout = tmpdir()
     finally(function() os.execute("rm -rf " .. checkout) end)
-    assert(run("cp -r Makefile src sendx-scm-1.rockspec " .. checkout) == 0)
+    assert(run("cp -r Makefile src bin sendx-scm-1.rockspec " .. checkout) == 0)
     local rc, out = run(string.format("cd %s && luarocks --lua-version=%s make --tree=%s/tree --deps-mode=none sendx-scm-1.rockspec",
       checkout, version, checkout))
     assert.equal(0, rc, out)
