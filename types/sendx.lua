@@ -29,6 +29,21 @@
 ---@field spool_max_bytes? integer spool: bytes in use before `nil, "spool full"` (default 256 MiB)
 ---@field spool_max_age? number spool: seconds before a call becomes a dead letter (default 7 days)
 ---@field spool_sync? "normal"|"full" spool: what a commit survives (default "normal")
+---@field log? fun(entry: sendx.LogEntry) the request log: one entry per attempt
+---@field log_bodies? boolean log entries carry `request` and `response` too (default false)
+
+---One attempt, as the `log` option's function gets it.
+---@class sendx.LogEntry
+---@field op "identify"|"track"
+---@field url string the request URL (never the key)
+---@field status integer 0 when no response came
+---@field kind "ok"|sendx.Kind what the attempt ended as
+---@field attempt integer 1 for the first
+---@field duration_ms number
+---@field bytes_out integer
+---@field bytes_in integer
+---@field request? string with log_bodies
+---@field response? string with log_bodies
 
 ---A contact for `identify` (snake_case aliases are accepted too: first_name, ...).
 ---@class sendx.Contact
