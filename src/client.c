@@ -189,7 +189,7 @@ static void client_open(lua_State *L, sx_client *c, const sx_config *o)
     set_key_tail(c, o->api_key);
     if (o->spool != NULL) { /* what earlier processes left starts now */
         sx_open_spool(L, c, o->spool, o);
-        if (!in_nginx_master(L)) /* nginx's workers start theirs (fork) */
+        if (o->spool_deliver && !in_nginx_master(L)) /* nginx's workers start theirs (fork) */
             sx_ensure_async(L, c);
     }
 }

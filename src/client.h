@@ -57,6 +57,7 @@ typedef struct sx_client {
     unsigned long long token; /* this client, in the rows it adds */
     sx_buf spool_path;   /* NUL-terminated; empty: no spool */
     sx_spool_opts sopts;
+    int spool_deliver;   /* 0: this client only inspects the spool (no worker) */
     pthread_mutex_t spool_mu; /* the writes of the caller's and the worker's connections */
     int wal_pages;       /* under spool_mu: see sx_spool_opts */
     int has_spool_mu;

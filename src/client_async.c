@@ -66,7 +66,10 @@ sx_async *sx_ensure_async(lua_State *L, sx_client *c)
 static int submit(lua_State *L, sx_client *c, int cb, int idempotent, const char *op,
                   const char *email, size_t elen)
 {
-    sx_async *a = sx_ensure_async(L, c);
+    sx_async *a;
+    if (c->spool_path.len > 0 && !c->spool_deliver)
+        return luaL_error(L, "sendx: this client only inspects its spool (spool_deliver = false)");
+    a = sx_ensure_async(L, c);
     int ref = LUA_NOREF, rc;
     sx_job *j;
     if (c->spool_path.len > 0)

@@ -51,6 +51,7 @@ void sx_open_spool(lua_State *L, sx_client *c, const char *path, const sx_config
     c->sopts.max_bytes = (long long)o->spool_max_bytes;
     c->sopts.max_age = o->spool_max_age_ms / 1000.0;
     c->sopts.sync_full = o->spool_sync;
+    c->spool_deliver = o->spool_deliver;
     c->token = new_token();
     if (pthread_mutex_init(&c->spool_mu, NULL) != 0)
         luaL_error(L, "sendx: spool: no mutex");
@@ -81,7 +82,7 @@ sx_spool *sx_caller_spool(lua_State *L, sx_client *c)
 void sx_worker_spool(lua_State *L, sx_client *c, sx_async_opts *o)
 {
     o->spool = NULL;
-    if (sx_caller_spool(L, c) == NULL)
+    if (sx_caller_spool(L, c) == NULL || !c->spool_deliver) /* inspecting: no claims */
         return;
     o->spool = open_or_raise(L, c, 1);
     o->base = c->base.data;
@@ -254,7 +255,7 @@ static int dead_op(lua_State *L, sx_client *c, int retry)
     changed = retry ? sx_spool_retry_dead(s, ids, n) : sx_spool_purge_dead(s, ids, n);
     if (changed < 0)
         return luaL_error(L, "%s", sx_spool_error(s));
-    if (retry && changed > 0)
+    if (retry && changed > 0 && c->spool_deliver)
         sx_async_spooled(sx_ensure_async(L, c), -1);
     lua_pushinteger(L, changed);
     return 1;

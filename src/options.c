@@ -147,10 +147,10 @@ static int opt_sync(lua_State *L, int idx, int arg, const opt_desc *d)
     return sx_argerror(L, arg, "%s: expected 'normal' or 'full', got '%s'", d->name, s);
 }
 
-/* true or false (absent: false). [-0, +0] */
+/* true or false (absent: the default). [-0, +0] */
 static int opt_boolean(lua_State *L, int idx, int arg, const opt_desc *d)
 {
-    int v = 0;
+    int v = d->def != 0;
     if (sx_get_option(L, idx, d->name)) {
         if (!lua_isboolean(L, -1))
             sx_argerror(L, arg, "%s: expected boolean, got %s", d->name, luaL_typename(L, -1));

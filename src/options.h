@@ -42,6 +42,7 @@
     X(spool_max_bytes, INTEGER,  65536, 1099511627776.0, 268435456,        0)          \
     X(spool_max_age,   SECONDS,  1,     31536000,   604800,                0)          \
     X(spool_sync,      SYNC,     0,     0,          0,                     0)          \
+    X(spool_deliver,   BOOLEAN,  0,     0,          1,                     0)          \
     X(log,             FUNCTION, 0,     0,          0,                     0)          \
     X(log_bodies,      BOOLEAN,  0,     0,          0,                     0)
 

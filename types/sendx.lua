@@ -29,6 +29,7 @@
 ---@field spool_max_bytes? integer spool: bytes in use before `nil, "spool full"` (default 256 MiB)
 ---@field spool_max_age? number spool: seconds before a call becomes a dead letter (default 7 days)
 ---@field spool_sync? "normal"|"full" spool: what a commit survives (default "normal")
+---@field spool_deliver? boolean false: this client only inspects the spool (dead letters, stats) and sends nothing (default true)
 ---@field log? fun(entry: sendx.LogEntry) the request log: one entry per attempt
 ---@field log_bodies? boolean log entries carry `request` and `response` too (default false)
 
