@@ -145,7 +145,7 @@ describe("spool #spool", function()
     assert.equal(0, #m:requests())
   end)
 
-  it("answers nil, 'spool full' at spool_max_bytes, counts it as dropped, and delivers what it took", function()
+  it("answers nil, 'spool full' at spool_max_bytes, counts it as dropped, and delivers what it took #slow", function()
     local path, clean = tmp_spool()
     finally(clean)
     m:fault { delay = 2, times = 1 } -- the first call holds the line while the spool fills
@@ -209,7 +209,7 @@ describe("spool #spool", function()
     c:close()
   end)
 
-  it("retries a retryable failure without an attempt limit until spool_max_age, then buries it", function()
+  it("retries a retryable failure without an attempt limit until spool_max_age, then buries it #slow", function()
     local path, clean = tmp_spool()
     finally(clean)
     m:fault { status = 503, times = 1000 }
@@ -227,7 +227,7 @@ describe("spool #spool", function()
     c:close()
   end)
 
-  it("close(timeout) leaves undelivered calls on disk, not as 'shutdown'; the next client delivers them", function()
+  it("close(timeout) leaves undelivered calls on disk, not as 'shutdown'; the next client delivers them #slow", function()
     local path, clean = tmp_spool()
     finally(clean)
     m:fault { delay = 1.5, times = 1 }

@@ -52,7 +52,7 @@ for _, loop in ipairs(LOOPS) do
     describe("against a slow server", function()
       local m = helpers.with_mock { tls = false }
 
-      it("keeps its loop running while the calls are in flight", function()
+      it("keeps its loop running while the calls are in flight #slow", function()
         m:fault { delay = 0.4, times = 40 }
         local real
         for _, cmd in ipairs(cmds) do if cmd:find(" MOCK=no", 1, true) then real = cmd end end

@@ -22,7 +22,7 @@ local function first_line(path)
 end
 
 describe("sendx command, installed", function()
-  it("make install puts bin/sendx under PREFIX/bin with the interpreter of LUA_VERSION", function()
+  it("make install puts bin/sendx under PREFIX/bin with the interpreter of LUA_VERSION #slow", function()
     local dest = tmpdir()
     finally(function() os.execute("rm -rf " .. dest) end)
     local rc, out = run(string.format("%s install LUA_VERSION=%s PREFIX=/opt/x DESTDIR=%s", MAKE, target, dest))

@@ -43,7 +43,7 @@ local function has(cmd)
 end
 
 describe("packaging", function()
-  it("builds and installs with make rock (luarocks make --deps-mode=none), leaving no .so or .o behind", function()
+  it("builds and installs with make rock (luarocks make --deps-mode=none), leaving no .so or .o behind #slow", function()
     -- a copy of the checkout, so that concurrent builds here do not interfere
     local tree, checkout = tmpdir(), tmpdir()
     finally(function() os.execute("rm -rf " .. tree .. " " .. checkout) end)
@@ -58,7 +58,7 @@ describe("packaging", function()
     has_resty(tree .. "/share/lua/" .. version)
   end)
 
-  it("make clean removes what a plain luarocks make in the checkout leaves (./sendx.so, src/*.o)", function()
+  it("make clean removes what a plain luarocks make in the checkout leaves (./sendx.so, src/*.o) #slow", function()
     local checkout = tmpdir()
     finally(function() os.execute("rm -rf " .. checkout) end)
     assert(run("cp -r Makefile src bin sendx-scm-1.rockspec " .. checkout) == 0)
@@ -72,7 +72,7 @@ describe("packaging", function()
     assert.equal("", leftovers(checkout))
   end)
 
-  it("builds with LUA_VERSION=luajit as with jit: one build that loads in LuaJIT and in lua5.1", function()
+  it("builds with LUA_VERSION=luajit as with jit: one build that loads in LuaJIT and in lua5.1 #slow", function()
     local rc, out = run(MAKE .. " -B -n LUA_VERSION=luajit") -- -B: even when built
     assert.equal(0, rc, out)
     assert.matches("-o build/luajit/sendx.so", out, 1, true)
