@@ -60,6 +60,19 @@ describe("request log", function()
     assert.same({ "identify", "track" }, ops)
   end)
 
+  it("an async call without a callback is logged, and its failure does not go to on_error", function()
+    local reported
+    local c, entries = logged { on_error = function(...) reported = { ... } end }
+    finally(function() c:close() end)
+    m:fault { status = 400 }
+    assert(c:identify_async { email = "quiet@example.com" })
+    assert(c:flush(10))
+    assert.equal(1, #entries)
+    assert.equal("http", entries[1].kind)
+    assert.is_nil(reported) -- on_error gets callback errors, and recovered spool calls' failures
+    assert.equal(1, c:stats().failed)
+  end)
+
   it("a log function that raises does not change the call's result", function()
     local c = helpers.client(sendx, m, { log = function() error("log broke") end })
     finally(function() c:close() end)

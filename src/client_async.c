@@ -67,11 +67,11 @@ static int submit(lua_State *L, sx_client *c, int cb, int idempotent, const char
                   const char *email, size_t elen)
 {
     sx_async *a;
+    int ref = LUA_NOREF, rc;
+    sx_job *j;
     if (c->spool_path.len > 0 && !c->spool_deliver)
         return luaL_error(L, "sendx: this client only inspects its spool (spool_deliver = false)");
     a = sx_ensure_async(L, c);
-    int ref = LUA_NOREF, rc;
-    sx_job *j;
     if (c->spool_path.len > 0)
         return sx_spool_submit(L, c, a, op, email, elen, cb, idempotent);
     if (!lua_isnoneornil(L, cb)) {
@@ -224,6 +224,7 @@ static int run_done(lua_State *L, sx_client *c, int errs)
     sx_job *j;
     while ((j = next_job(c)) != NULL) {
         int base = lua_gettop(L), tries = 0, ref = j->ref;
+        int recovered = j->spool_id != 0 && !j->mine; /* from the spool, made elsewhere */
         j->claimed = 1;
         c->running++; /* close leaves a claimed job alone */
         push_builder(L);
@@ -254,7 +255,7 @@ static int run_done(lua_State *L, sx_client *c, int errs)
         if (!lua_isnil(L, base + 1)) {
             if (lua_pcall(L, lua_gettop(L) - base - 1, 0, 0) != 0)
                 report_error(L, c, errs);
-        } else if (c->on_error_ref != LUA_NOREF && lua_gettop(L) >= base + 4) {
+        } else if (recovered && c->on_error_ref != LUA_NOREF && lua_gettop(L) >= base + 4) {
             /* a call recovered from the spool failed: on_error(message, info) */
             lua_rawgeti(L, LUA_REGISTRYINDEX, c->on_error_ref);
             lua_pushvalue(L, base + 3);
