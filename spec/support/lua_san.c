@@ -5,12 +5,32 @@
  *
  *   lua_san SCRIPT [ARGS...]     (runs SCRIPT with `arg` set as lua does)
  *   lua_san -e CODE
+ *
+ * Like lua.c, a SIGINT while the chunk runs raises "interrupted!" in it
+ * (bin/sendx's Ctrl-C handling relies on that).
  */
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
+
+static lua_State *running; /* the state a SIGINT interrupts */
+
+static void stop(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    lua_sethook(L, NULL, 0, 0);
+    luaL_error(L, "interrupted!");
+}
+
+/* As lua.c's laction: the next instruction runs stop(). */
+static void on_sigint(int sig)
+{
+    signal(sig, SIG_DFL); /* a second one ends the process */
+    lua_sethook(running, stop, LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT, 1);
+}
 
 static int traceback(lua_State *L)
 {
@@ -35,6 +55,8 @@ int main(int argc, char **argv)
     }
     lua_setglobal(L, "arg");
     lua_pushcfunction(L, traceback);
+    running = L;
+    signal(SIGINT, on_sigint);
     if (strcmp(argv[1], "-e") == 0) { /* lua -e CODE, as some specs run it */
         status = argc > 2 ? luaL_loadstring(L, argv[2]) : LUA_ERRSYNTAX;
         if (status == LUA_OK)
@@ -47,6 +69,7 @@ int main(int argc, char **argv)
             status = lua_pcall(L, argc - 2, 0, 1);
         }
     }
+    signal(SIGINT, SIG_DFL);
     if (status != LUA_OK)
         fprintf(stderr, "%s: %s\n", argv[0], lua_tostring(L, -1));
     lua_close(L);
