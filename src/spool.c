@@ -162,7 +162,8 @@ static long long start_time(pid_t pid)
     return v;
 }
 
-void sx_spool_me(pid_t *pid, long long *start)
+/* This process, as claims name it. */
+static void me(pid_t *pid, long long *start)
 {
     *pid = getpid();
     *start = start_time(*pid);
@@ -331,7 +332,7 @@ sx_spool *sx_spool_open(const char *path, const sx_spool_opts *o, unsigned long 
     }
     s->o = *o;
     s->token = token;
-    sx_spool_me(&s->pid, &s->start);
+    me(&s->pid, &s->start);
     snprintf(pragmas, sizeof pragmas,
              "PRAGMA journal_mode = WAL; PRAGMA synchronous = %s; PRAGMA wal_autocheckpoint = 0;"
              " PRAGMA journal_size_limit = 16777216;",
@@ -380,11 +381,6 @@ void sx_spool_disown(sx_spool *s)
 const char *sx_spool_error(const sx_spool *s)
 {
     return s->err;
-}
-
-const char *sx_spool_path(const sx_spool *s)
-{
-    return s->path;
 }
 
 /* ---------------------------------------------------------------------------
@@ -596,14 +592,20 @@ int sx_spool_claim(sx_spool *s, int max, double lease_s,
     return n;
 }
 
-int sx_spool_delivered(sx_spool *s, long long id)
+/* Runs statement k, whose one parameter is a call's id. */
+static int by_id(sx_spool *s, int k, long long id)
 {
     int rc;
     lock(s);
-    sqlite3_bind_int64(s->st[ST_DELIVERED], 1, id);
-    rc = step_done(s, s->st[ST_DELIVERED]);
+    sqlite3_bind_int64(s->st[k], 1, id);
+    rc = step_done(s, s->st[k]);
     unlock(s);
     return rc;
+}
+
+int sx_spool_delivered(sx_spool *s, long long id)
+{
+    return by_id(s, ST_DELIVERED, id);
 }
 
 int sx_spool_retry(sx_spool *s, long long id, int attempts, double due)
@@ -648,12 +650,7 @@ static int bury_row(sx_spool *s, long long id, int attempts, const char *kind, l
 
 int sx_spool_unclaim(sx_spool *s, long long id)
 {
-    int rc;
-    lock(s);
-    sqlite3_bind_int64(s->st[ST_UNCLAIM], 1, id);
-    rc = step_done(s, s->st[ST_UNCLAIM]);
-    unlock(s);
-    return rc;
+    return by_id(s, ST_UNCLAIM, id);
 }
 
 /* ---------------------------------------------------------------------------

@@ -74,7 +74,6 @@ void sx_spool_disown(sx_spool *s);
 
 /* The last error, naming the path. */
 const char *sx_spool_error(const sx_spool *s);
-const char *sx_spool_path(const sx_spool *s);
 
 /* Commits one call: 0 (its id in *id), SX_SPOOL_FULL, or SX_SPOOL_ERROR. */
 int sx_spool_add(sx_spool *s, const char *op, const char *email, size_t elen, const char *path,
@@ -120,7 +119,5 @@ int sx_spool_dead_each(sx_spool *s, long limit, void (*fn)(void *ud, const sx_sp
 long sx_spool_retry_dead(sx_spool *s, const long long *ids, size_t n);
 long sx_spool_purge_dead(sx_spool *s, const long long *ids, size_t n);
 
-/* This process, as claims name it. */
-void sx_spool_me(pid_t *pid, long long *start);
 
 #endif
