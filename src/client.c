@@ -349,15 +349,16 @@ static int push_outcome(lua_State *L, sx_client *c, const sx_result *r)
     return n;
 }
 
-/* Pushes the results, then logs the call's attempts (the records are
- * taken first: the log function may use this client). [-0, +1|3] */
+/* Pushes the results, then logs the call's attempts. The records stay the
+ * connection's until the results are pushed (if that raises, its next call
+ * or close frees them); they are taken before the log function runs, which
+ * may use this client. [-0, +1|3] */
 static int log_and_push(lua_State *L, sx_client *c, const char *url, const sx_result *r)
 {
     sx_attempt_rec recs[SX_MAX_RECS];
-    int nrecs = c->conn.nrecs, n;
+    int n = push_outcome(L, c, r), nrecs = c->conn.nrecs;
     memcpy(recs, c->conn.recs, sizeof recs);
     c->conn.nrecs = 0; /* their answers are recs' now */
-    n = push_outcome(L, c, r);
     sx_log_call(L, c, url, c->body.data, c->body.len, recs, nrecs);
     sx_buf_shrink(&c->body);
     sx_buf_shrink(&c->url);

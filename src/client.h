@@ -157,9 +157,12 @@ sx_async *sx_ensure_async(lua_State *L, sx_client *c);
  * bodies, 1 without, 0 not at all. */
 int sx_log_level(const sx_client *c);
 
+/* Registers the log's protected step; luaopen_sendx calls it. [-0, +0] */
+void sx_log_init(lua_State *L);
+
 /* Hands the records of one call to url (their answers are freed) to the log
  * function and to stderr under SENDX_DEBUG; errors the log raises go to
- * stderr. body: the request, for log_bodies. [-0, +0] */
+ * stderr. body: the request, for log_bodies. Never raises. [-0, +0] */
 void sx_log_call(lua_State *L, sx_client *c, const char *url, const char *body, size_t len,
                  sx_attempt_rec *recs, int n);
 

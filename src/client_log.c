@@ -67,24 +67,41 @@ static void debug_line(const char *url, const sx_attempt_rec *rec)
             rec->bytes_out, rec->bytes_in);
 }
 
-void sx_log_call(lua_State *L, sx_client *c, const char *url, const char *body, size_t len,
-                 sx_attempt_rec *recs, int n)
+/* One call's records on their way to the log; done counts the records
+ * handed out, so that a retry after an error resumes where it stopped. */
+typedef struct {
+    sx_client *c;
+    const char *url, *body;
+    size_t len;
+    const sx_attempt_rec *recs;
+    int n, done, printed;
+} log_batch;
+
+#define LOG_STEP_KEY "sendx.log_step"
+
+/* Hands out the batch's records from done on; run under lua_pcall, since
+ * every push may raise (a finalizer's error, or out of memory). */
+static int log_step(lua_State *L)
 {
-    int top = lua_gettop(L), u, b, i;
+    log_batch *a = (log_batch *)lua_touserdata(L, 1);
+    sx_client *c = a->c;
+    int u, b;
     /* copies first: the log function may use this client (and its buffers) */
-    lua_pushstring(L, url);
+    lua_pushstring(L, a->url);
     u = lua_gettop(L);
     if (c->log_bodies)
-        lua_pushlstring(L, body != NULL ? body : "", len);
+        lua_pushlstring(L, a->body != NULL ? a->body : "", a->len);
     else
         lua_pushnil(L);
     b = lua_gettop(L);
-    for (i = 0; i < n; i++) {
-        if (c->debug)
-            debug_line(lua_tostring(L, u), &recs[i]);
+    for (; a->done < a->n; a->done++) {
+        if (c->debug && a->printed <= a->done) {
+            debug_line(a->url, &a->recs[a->done]);
+            a->printed = a->done + 1;
+        }
         if (c->log_ref != LUA_NOREF) {
             lua_rawgeti(L, LUA_REGISTRYINDEX, c->log_ref);
-            push_entry(L, c, &recs[i], u, b);
+            push_entry(L, c, &a->recs[a->done], u, b);
             if (lua_pcall(L, 1, 0, 0) != 0) {
                 fprintf(stderr, "sendx: log function error: %s\n",
                         lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
@@ -92,6 +109,37 @@ void sx_log_call(lua_State *L, sx_client *c, const char *url, const char *body, 
             }
         }
     }
+    return 0;
+}
+
+void sx_log_init(lua_State *L)
+{
+    lua_pushcfunction(L, log_step);
+    lua_setfield(L, LUA_REGISTRYINDEX, LOG_STEP_KEY);
+}
+
+void sx_log_call(lua_State *L, sx_client *c, const char *url, const char *body, size_t len,
+                 sx_attempt_rec *recs, int n)
+{
+    log_batch a;
+    int top = lua_gettop(L), tries, i;
+    a.c = c;
+    a.url = url;
+    a.body = body;
+    a.len = len;
+    a.recs = recs;
+    a.n = n;
+    a.done = a.printed = 0;
+    /* never raises: the call's results are pushed already, and an async
+     * call's callback is still to run; a finalizer's error is retried */
+    for (tries = 0; a.done < a.n && tries < 8; tries++) {
+        lua_getfield(L, LUA_REGISTRYINDEX, LOG_STEP_KEY);
+        lua_pushlightuserdata(L, &a);
+        if (lua_pcall(L, 1, 0, 0) != 0)
+            lua_settop(L, top);
+    }
+    if (a.done < a.n)
+        fprintf(stderr, "sendx: %d request log entries lost (out of memory)\n", a.n - a.done);
     for (i = 0; i < n; i++)
         free(recs[i].response);
     lua_settop(L, top);
