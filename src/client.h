@@ -168,6 +168,10 @@ void sx_log_call(lua_State *L, sx_client *c, const char *url, const char *body, 
 
 /* ---- client_spool.c: the Lua side of the durable spool ---- */
 
+/* Registers the protected step that lists dead letters; luaopen_sendx calls
+ * it. [-0, +0] */
+void sx_spool_lua_init(lua_State *L);
+
 /* Opens the spool the options name (raises when it cannot). [-0, +0] */
 void sx_open_spool(lua_State *L, sx_client *c, const char *path, const sx_config *o);
 

@@ -183,9 +183,19 @@ int sx_do_spool_stats(lua_State *L, sx_client *c)
     return 1;
 }
 
-static void push_dead(void *ud, const sx_spool_dead *d)
+/* One dead letter on its way into the list at slot list. */
+typedef struct {
+    lua_State *L;
+    int list, failed;
+    const sx_spool_dead *d;
+} dead_push;
+
+#define DEAD_STEP_KEY "sendx.dead_step"
+
+/* Appends p->d to the list (its second argument); run under lua_pcall. */
+static int dead_step(lua_State *L)
 {
-    lua_State *L = ud;
+    const sx_spool_dead *d = ((dead_push *)lua_touserdata(L, 1))->d;
     lua_createtable(L, 0, 10);
     set_integer(L, "id", d->id);
     lua_pushstring(L, d->op);
@@ -203,7 +213,32 @@ static void push_dead(void *ud, const sx_spool_dead *d)
     lua_setfield(L, -2, "request");
     set_number(L, "failed_at", d->failed_at);
     set_integer(L, "attempts", d->attempts);
-    lua_rawseti(L, -2, (int)lua_rawlen(L, -2) + 1);
+    lua_rawseti(L, 2, (int)lua_rawlen(L, 2) + 1);
+    return 0;
+}
+
+/* Called for each row while SQLite steps: an error raised here would leave
+ * the statement unfinished (a read snapshot held, and a database close that
+ * fails), so the row is pushed under lua_pcall and the error raised once
+ * the query is over (its value left on the stack). */
+static void push_dead(void *ud, const sx_spool_dead *d)
+{
+    dead_push *p = ud;
+    lua_State *L = p->L;
+    if (p->failed)
+        return;
+    p->d = d;
+    lua_getfield(L, LUA_REGISTRYINDEX, DEAD_STEP_KEY);
+    lua_pushlightuserdata(L, p);
+    lua_pushvalue(L, p->list);
+    if (lua_pcall(L, 2, 0, 0) != 0)
+        p->failed = 1;
+}
+
+void sx_spool_lua_init(lua_State *L)
+{
+    lua_pushcfunction(L, dead_step);
+    lua_setfield(L, LUA_REGISTRYINDEX, DEAD_STEP_KEY);
 }
 
 /* client:dead_letters([limit]) -> { { id, op, email, kind, status, message,
@@ -212,9 +247,18 @@ int sx_do_dead_letters(lua_State *L, sx_client *c)
 {
     lua_Integer limit = luaL_optinteger(L, 2, 0);
     sx_spool *s = need_spool(L, c);
+    dead_push p;
+    int rc;
     lua_newtable(L);
-    if (sx_spool_dead_each(s, (long)limit, push_dead, L) != 0)
+    p.L = L;
+    p.list = lua_gettop(L);
+    p.failed = 0;
+    rc = sx_spool_dead_each(s, (long)limit, push_dead, &p);
+    if (p.failed)
+        return lua_error(L); /* the error a row raised */
+    if (rc != 0)
         return luaL_error(L, "%s", sx_spool_error(s));
+    lua_settop(L, p.list);
     return 1;
 }
 

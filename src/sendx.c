@@ -468,6 +468,7 @@ SENDX_EXPORT int luaopen_sendx(lua_State *L)
     if (sx_transport_global_init() != 0)
         return luaL_error(L, "sendx: curl_global_init failed");
     sx_log_init(L);
+    sx_spool_lua_init(L);
     push_upvalues(L);
     create_metatable(L);
     lua_newtable(L);
