@@ -73,6 +73,37 @@ describe("request log", function()
     assert.equal(1, c:stats().failed)
   end)
 
+  it("logs spooled calls, with or without a callback, and calls recovered from an earlier client", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. dir))
+    finally(function() os.execute("rm -rf " .. dir) end)
+    local path = dir .. "/log.spool"
+    -- an earlier client leaves two calls on disk: its server is down
+    local down = sendx.new { api_key = m.api_key, team_id = m.team_id, spool = path,
+                             base_url = "http://127.0.0.1:" .. helpers.closed_port() .. "/api/v1" }
+    assert(down:identify_async { email = "left@example.com" })
+    assert(down:track_async("left@example.com", { addTags = { "a" } })) -- after the identify
+    down:close(0)
+    local c, entries = logged { spool = path, log_bodies = true }
+    finally(function() c:close() end)
+    local got
+    assert(c:identify_async({ email = "own-cb@example.com" }, function(res) got = res end))
+    assert(c:identify_async { email = "own-quiet@example.com" })
+    assert(c:flush(10))
+    local t0 = helpers.now()
+    while c:spool_stats().pending > 0 and helpers.now() - t0 < 10 do c:poll() end
+    c:poll()
+    assert.truthy(got)
+    local seen = {}
+    for _, e in ipairs(entries) do
+      assert.equal("ok", e.kind, e.url .. " " .. e.status .. " " .. tostring(e.response))
+      seen[#seen + 1] = e.op
+    end
+    table.sort(seen)
+    assert.same({ "identify", "identify", "identify", "track" }, seen)
+  end)
+
   it("a log function that raises does not change the call's result", function()
     local c = helpers.client(sendx, m, { log = function() error("log broke") end })
     finally(function() c:close() end)

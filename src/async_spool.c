@@ -73,8 +73,9 @@ static void take_row(void *ud, const sx_spool_row *row)
     j->mine = row->mine;
     j->ref = row->cb_ref;
     /* this client's calls come back when they have a callback; recovered
-     * ones when they fail and on_error wants them (see sx_spool_settle) */
-    j->keep = row->mine ? row->cb_ref >= 0 : f->a->o.report;
+     * ones when they fail and on_error wants them (see sx_spool_decide);
+     * all of them for the request log */
+    j->keep = f->a->o.logging || (row->mine ? row->cb_ref >= 0 : f->a->o.report);
     sx_append(&f->head, &f->tail, j);
     f->n++;
     f->bytes += j->len;
@@ -240,7 +241,7 @@ void sx_spool_decide(sx_async *a, sx_job *j, long wait)
         final = sx_policy_judge_body(j->response ? j->response : "", j->response_len);
     if (final == SX_OK) {
         j->settle = SETTLE_DELIVERED;
-        if (!j->mine)
+        if (!j->mine && !a->o.logging)
             j->keep = 0; /* a recovered call reports failures only */
     } else if (wait >= 0 && now + wait / 1000.0 - j->created <= a->o.max_age) {
         j->settle = SETTLE_RETRY;
