@@ -74,10 +74,8 @@ describe("request log", function()
   end)
 
   it("logs spooled calls, with or without a callback, and calls recovered from an earlier client", function()
-    local dir = os.tmpname()
-    os.remove(dir)
-    assert(os.execute("mkdir -p " .. dir))
-    finally(function() os.execute("rm -rf " .. dir) end)
+    local dir, clean = helpers.tmp_dir()
+    finally(clean)
     local path = dir .. "/log.spool"
     -- an earlier client leaves two calls on disk: its server is down
     local down = sendx.new { api_key = m.api_key, team_id = m.team_id, spool = path,

@@ -9,15 +9,7 @@ local sendx = require "sendx"
 local raised = helpers.raised
 local LUA = os.getenv("SENDX_TEST_LUA_VERSION") or "5.4"
 
--- An object whose finalizer runs f (Lua 5.1 and LuaJIT: a userdata proxy).
-local function with_finalizer(f)
-  if newproxy then
-    local p = newproxy(true)
-    getmetatable(p).__gc = f
-    return p
-  end
-  return setmetatable({}, { __gc = f })
-end
+local with_finalizer = helpers.with_finalizer
 
 local function rss_kb()
   local f = assert(io.open("/proc/self/status"))

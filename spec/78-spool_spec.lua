@@ -10,10 +10,8 @@ local LUA = os.getenv("SENDX_TEST_LUA") or "lua5.4"
 local BUILD = os.getenv("SENDX_TEST_BUILD") or "build/lua5.4"
 
 local function tmp_spool()
-  local dir = os.tmpname()
-  os.remove(dir)
-  assert(os.execute("mkdir -p " .. dir))
-  return dir .. "/calls.spool", function() os.execute("rm -rf " .. dir) end
+  local dir, clean = helpers.tmp_dir()
+  return dir .. "/calls.spool", clean
 end
 
 local function wait_for(pred, timeout, what)
@@ -170,15 +168,6 @@ describe("spool #spool", function()
       pending("finalizers raise at allocations on Lua 5.1-5.3 only (5.4: a warning; LuaJIT: see 77-promises)")
       return
     end
-    local function raising(armed) -- an object whose finalizer raises while armed() holds
-      local f = function() if armed() then error("boom", 0) end end
-      if newproxy then
-        local p = newproxy(true)
-        getmetatable(p).__gc = f
-        return p
-      end
-      return setmetatable({}, { __gc = f })
-    end
     local path, clean = tmp_spool()
     finally(clean)
     m:fault { status = 422, times = 20 }
@@ -190,9 +179,9 @@ describe("spool #spool", function()
     assert(c:flush(10))
     assert.equal(20, c:spool_stats().dead)
     local armed, raised_here, short = true, 0, 0
-    local function is_armed() return armed end
+    local function boom() if armed then error("boom", 0) end end
     local function attempt()
-      local _ = raising(is_armed)
+      local _ = helpers.with_finalizer(boom)
       _ = nil
       return c:dead_letters()
     end

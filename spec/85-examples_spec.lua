@@ -11,12 +11,7 @@ local run, header_commands = helpers.run, helpers.header_commands
 local EXAMPLES = { "examples/quickstart.lua", "examples/game_loop.lua", "examples/embed/host.c",
                    "examples/openresty/nginx.conf" }
 
-local function read(f)
-  local h = assert(io.open(f))
-  local s = h:read("*a")
-  h:close()
-  return s
-end
+local read = helpers.read
 
 local function make_run(cmd)
   return helpers.make_run(cmd, lua, target, build)

@@ -20,12 +20,7 @@ local function loads(module)
   return rc == 0
 end
 
-local function read(f)
-  local h = assert(io.open(f))
-  local s = h:read("*a")
-  h:close()
-  return s
-end
+local read = helpers.read
 
 for _, loop in ipairs(LOOPS) do
   local file = "examples/eventloops/" .. loop.name .. ".lua"

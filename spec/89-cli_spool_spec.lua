@@ -24,10 +24,8 @@ describe("sendx spool", function()
   local m = helpers.with_mock { tls = false }
 
   it("shows the stats and dead letters, retries and purges them, and sends nothing itself", function()
-    local dir = os.tmpname()
-    os.remove(dir)
-    assert(os.execute("mkdir -p " .. dir))
-    finally(function() os.execute("rm -rf " .. dir) end)
+    local dir, clean = helpers.tmp_dir()
+    finally(clean)
     local path = dir .. "/s.spool"
     -- two dead letters, and one call left waiting (its client closed at once)
     local c = helpers.client(sendx, m, { spool = path })

@@ -5,12 +5,7 @@
 local sendx = require "sendx"
 local helpers = require "spec.helpers"
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read = helpers.read
 
 local function sorted_keys(t)
   local out = {}

@@ -6,12 +6,7 @@ local build = os.getenv("SENDX_TEST_BUILD") or "build/lua5.4"
 
 local helpers = require "spec.helpers"
 
-local function read(f)
-  local h = assert(io.open(f, "rb"))
-  local s = h:read("*a")
-  h:close()
-  return s
-end
+local read = helpers.read
 
 local function exists(f)
   local h = io.open(f, "rb")

@@ -290,4 +290,30 @@ function helpers.closed_port()
   return port
 end
 
+-- The contents of a file (raises when it cannot be read).
+function helpers.read(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+-- A fresh directory; returns it and a function that removes it.
+function helpers.tmp_dir()
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir -p " .. dir))
+  return dir, function() os.execute("rm -rf " .. dir) end
+end
+
+-- An object whose finalizer runs f (Lua 5.1 and LuaJIT: a userdata proxy).
+function helpers.with_finalizer(f)
+  if newproxy then
+    local p = newproxy(true)
+    getmetatable(p).__gc = f
+    return p
+  end
+  return setmetatable({}, { __gc = f })
+end
+
 return helpers
