@@ -1,7 +1,9 @@
 -- The durable spool inside nginx: workers queue calls from log_by_lua into
--- one spool; `nginx -s stop` (fast shutdown) loses none of them, the next
--- workers deliver them. Runs in the LuaJIT pass (nginx loads build/luajit).
+-- one spool; `nginx -s stop` (fast shutdown), `reload` and `quit` lose none
+-- of them, the next workers deliver them. Runs in the LuaJIT pass (nginx
+-- loads build/luajit).
 local mock = require "tools.mock"
+local helpers = require "spec.helpers"
 local openresty = require "spec.support.openresty"
 local cjson = require "cjson"
 local socket = require "socket"
@@ -49,22 +51,110 @@ local function emails(m, into)
   return into
 end
 
+-- A slow mock SendX, and nginx whose workers share a spool in a fresh
+-- directory; both stopped when the test ends.
+local function start_app()
+  local root = io.popen("pwd"):read("*l")
+  local dir, clean = helpers.tmp_dir()
+  local m = mock.start { tls = false }
+  m:fault { delay = 1, times = 1000000 } -- slow: most calls are still queued at the stop
+  local app = mock.start {
+    tls = false,
+    template = root .. "/spec/support/openresty/spool.conf.in",
+    vars = { ROOT = root, BUILD = root .. "/build/luajit", KEY = m.api_key, TEAM = m.team_id,
+             URL = m.url, SPOOL = dir .. "/events.spool",
+             USER = io.popen("id -u"):read("*l") == "0" and "user root;" or "" },
+  }
+  finally(function() app:stop() m:stop() clean() end)
+  return m, app
+end
+
+-- Waits until every n<i>@example.com of from..to reached the mock (now, or
+-- in `before`); returns how many are missing and how many came twice.
+local function wait_delivered(m, before, from, to, timeout)
+  local missing, twice
+  local deadline = socket.gettime() + timeout
+  repeat
+    socket.sleep(0.5)
+    local seen = emails(m, {})
+    missing, twice = 0, 0
+    for i = from, to do
+      local e = "n" .. i .. "@example.com"
+      local n = (before[e] or 0) + (seen[e] or 0)
+      if n == 0 then missing = missing + 1 elseif n > 1 then twice = twice + 1 end
+    end
+  until missing == 0 or socket.gettime() > deadline
+  return missing, twice
+end
+
+-- The pids of pid's children (nginx's workers), from /proc.
+local function children(pid)
+  local out = {}
+  for entry in io.popen("ls /proc"):lines() do
+    if entry:match("^%d+$") then
+      local f = io.open("/proc/" .. entry .. "/stat")
+      local stat = f and f:read("*l")
+      if f then f:close() end
+      local ppid = stat and stat:match("^%d+ %b() %a (%d+)")
+      if ppid and tonumber(ppid) == pid then out[#out + 1] = tonumber(entry) end
+    end
+  end
+  return out
+end
+
+local function events(from, to)
+  local paths = {}
+  for i = from, to do paths[#paths + 1] = "/event?email=n" .. i .. "%40example.com" end
+  return paths
+end
+
 describe("spool inside nginx", function()
+  it("nginx -s reload, then nginx -s quit, with calls queued: the old workers exit, all delivered", function()
+    local m, app = start_app()
+    local http = require "socket.http"
+    local old = children(app.pid)
+    assert.equal(2, #old)
+    assert.equal(1000, get_all(app.port, events(1, 1000)))
+    local before = emails(m, {})
+    os.execute("kill -HUP " .. app.pid) -- nginx -s reload
+    local t0 = socket.gettime()
+    local left
+    repeat -- the old workers exit soon (they do not wait for the calls on disk)
+      socket.sleep(0.2)
+      left = 0
+      for _, w in ipairs(old) do if io.open("/proc/" .. w .. "/stat") then left = left + 1 end end
+    until left == 0 or socket.gettime() - t0 > 20
+    assert.equal(0, left, "old workers still running 20 s after the reload")
+    assert.equal(2, #children(app.pid))
+    m:reset() -- SendX answers at once now: the new workers deliver what the old ones left
+    local missing, twice = wait_delivered(m, before, 1, 1000, 60)
+    assert.equal(0, missing)
+    assert.is_true(twice <= 64, twice .. " sent twice")
+    -- quit (graceful shutdown) with calls queued: nginx exits, the next one delivers them
+    m:fault { delay = 1, times = 1000000 }
+    assert.equal(1000, get_all(app.port, events(1001, 2000)))
+    before = emails(m, {})
+    assert.is_true(cjson.decode((http.request("http://127.0.0.1:" .. app.port .. "/stats"))).pending > 0)
+    os.execute("kill -QUIT " .. app.pid) -- nginx -s quit
+    t0 = socket.gettime()
+    local gone
+    repeat
+      socket.sleep(0.2)
+      local f = io.open("/proc/" .. app.pid .. "/stat")
+      local stat = f and f:read("*l")
+      if f then f:close() end
+      gone = not stat or stat:match("^%d+ %b() Z") ~= nil
+    until gone or socket.gettime() - t0 > 20
+    assert.is_true(gone, "nginx still running 20 s after quit")
+    app:restart()
+    m:reset()
+    missing, twice = wait_delivered(m, before, 1001, 2000, 60)
+    assert.equal(0, missing)
+    assert.is_true(twice <= 64, twice .. " sent twice")
+  end)
+
   it("nginx -s stop with ~5000 calls queued from log_by_lua, start again: all delivered", function()
-    local root = io.popen("pwd"):read("*l")
-    local dir = os.tmpname()
-    os.remove(dir)
-    assert(os.execute("mkdir -p " .. dir))
-    local m = mock.start { tls = false }
-    m:fault { delay = 1, times = 1000000 } -- slow: most calls are still queued at the stop
-    local app = mock.start {
-      tls = false,
-      template = root .. "/spec/support/openresty/spool.conf.in",
-      vars = { ROOT = root, BUILD = root .. "/build/luajit", KEY = m.api_key, TEAM = m.team_id,
-               URL = m.url, SPOOL = dir .. "/events.spool",
-               USER = io.popen("id -u"):read("*l") == "0" and "user root;" or "" },
-    }
-    finally(function() app:stop() m:stop() os.execute("rm -rf " .. dir) end)
+    local m, app = start_app()
     local http = require "socket.http"
     -- a callback runs (in the poll timer of the worker that queued the call)
     assert.equal("queued\n", (http.request("http://127.0.0.1:" .. app.port .. "/callback?email=cb@example.com")))
@@ -74,26 +164,14 @@ describe("spool inside nginx", function()
       result = http.request("http://127.0.0.1:" .. app.port .. "/callback_result")
     until result ~= "none\n" or socket.gettime() - t0 > 30
     assert.equal("ok\n", result)
-    local N, paths = 5000, {}
-    for i = 1, N do paths[i] = "/event?email=n" .. i .. "%40example.com" end
-    assert.equal(N, get_all(app.port, paths))
+    local N = 5000
+    assert.equal(N, get_all(app.port, events(1, N)))
     local stats = cjson.decode((http.request("http://127.0.0.1:" .. app.port .. "/stats")))
     assert.is_true(stats.pending >= 4000, "pending at the stop: " .. stats.pending)
     local before = emails(m, {})
     app:restart() -- SIGTERM: nginx -s stop, then nginx again
     m:reset()     -- and SendX answers at once now
-    local missing, twice
-    local deadline = socket.gettime() + 60
-    repeat
-      socket.sleep(0.5)
-      local seen = emails(m, {})
-      missing, twice = 0, 0
-      for i = 1, N do
-        local e = "n" .. i .. "@example.com"
-        local n = (before[e] or 0) + (seen[e] or 0)
-        if n == 0 then missing = missing + 1 elseif n > 1 then twice = twice + 1 end
-      end
-    until missing == 0 or socket.gettime() > deadline
+    local missing, twice = wait_delivered(m, before, 1, N, 60)
     assert.equal(0, missing)
     assert.is_true(twice <= 64, twice .. " sent twice") -- at most the calls in flight at the stop
   end)
