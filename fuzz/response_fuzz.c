@@ -119,7 +119,7 @@ static void init(void)
 /* libcurl 7.88.1 (Debian 12) reads freed memory when, on a reused handle, the
  * first header line of a response is a folded continuation (starts with a
  * space or tab): it appends to the previous transfer's last header. Found by
- * this harness and reproduced without it (see the README); fixed in later
+ * this harness and reproduced without it (see docs/internals.md, Known issues); fixed in later
  * libcurl. Such inputs are skipped so the fuzzer keeps looking for bugs of
  * this module's own. */
 static int folded_first_header(const uint8_t *data, size_t size)
