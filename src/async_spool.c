@@ -16,6 +16,7 @@
 #define SPOOL_MAX_WAIT_MS 300000L /* backoff and Retry-After: at most 5 minutes */
 #define EXCERPT_MAX 1024          /* of a failed answer's body, kept with a dead letter */
 #define LOOK_EVERY_MS 1000        /* for calls other processes left, or that fell due */
+#define DONE_RECHECK_MS 50        /* while results wait for poll: has it taken them? */
 #define CLAIM_GAP_MS 2            /* between claims while calls keep coming */
 
 static int retry_unsettled(sx_async *a);
@@ -90,6 +91,13 @@ void sx_spool_feed(sx_async *a)
     sx_spool_upkeep(a->o.spool);
     pthread_mutex_lock(&a->mu);
     room = a->nslots - (int)a->nin_flight - (int)a->npending;
+    if (a->ndone >= a->o.max_queue || a->done_bytes >= a->o.max_bytes) {
+        /* results wait for poll (callbacks, the request log): no claims
+         * until they are taken, as the in-memory queue refuses calls */
+        room = 0;
+        if (a->next_look_ms < now + DONE_RECHECK_MS)
+            a->next_look_ms = now + DONE_RECHECK_MS;
+    }
     /* a call just added is claimed at once when the worker is idle, else
      * with those that follow it within CLAIM_GAP_MS: one transaction for many */
     look = !a->stopping && room > 0 &&

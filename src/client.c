@@ -351,8 +351,10 @@ static int push_outcome(lua_State *L, sx_client *c, const sx_result *r)
 
 /* Pushes the results, then logs the call's attempts. The records stay the
  * connection's until the results are pushed (if that raises, its next call
- * or close frees them); they are taken before the log function runs, which
- * may use this client. [-0, +1|3] */
+ * or close frees them; a finalizer that makes a call with this client
+ * meanwhile replaces them, and this call's entries are lost, never freed
+ * twice); they are taken before the log function runs, which may use this
+ * client. [-0, +1|3] */
 static int log_and_push(lua_State *L, sx_client *c, const char *url, const sx_result *r)
 {
     sx_attempt_rec recs[SX_MAX_RECS];

@@ -96,7 +96,7 @@ static int log_step(lua_State *L)
     b = lua_gettop(L);
     for (; a->done < a->n; a->done++) {
         if (c->debug && a->printed <= a->done) {
-            debug_line(a->url, &a->recs[a->done]);
+            debug_line(lua_tostring(L, u), &a->recs[a->done]);
             a->printed = a->done + 1;
         }
         if (c->log_ref != LUA_NOREF) {
@@ -118,29 +118,48 @@ void sx_log_init(lua_State *L)
     lua_setfield(L, LUA_REGISTRYINDEX, LOG_STEP_KEY);
 }
 
+/* A malloc'ed copy of the n bytes at p (NUL-terminated), or NULL. */
+static char *copy_of(const char *p, size_t n)
+{
+    char *q = malloc(n + 1);
+    if (q != NULL) {
+        if (n > 0)
+            memcpy(q, p, n);
+        q[n] = '\0';
+    }
+    return q;
+}
+
 void sx_log_call(lua_State *L, sx_client *c, const char *url, const char *body, size_t len,
                  sx_attempt_rec *recs, int n)
 {
     log_batch a;
     int top = lua_gettop(L), tries, i;
+    /* copies: url and body may be the client's buffers, which the log
+     * function may reuse or free (by a call, or close) before a retry */
+    char *u = copy_of(url, strlen(url)), *b = c->log_bodies ? copy_of(body ? body : "", len) : NULL;
     a.c = c;
-    a.url = url;
-    a.body = body;
+    a.url = u;
+    a.body = b;
     a.len = len;
     a.recs = recs;
-    a.n = n;
+    a.n = u != NULL && (b != NULL || !c->log_bodies) ? n : 0;
     a.done = a.printed = 0;
     /* never raises: the call's results are pushed already, and an async
      * call's callback is still to run; a finalizer's error is retried */
     for (tries = 0; a.done < a.n && tries < 8; tries++) {
         lua_getfield(L, LUA_REGISTRYINDEX, LOG_STEP_KEY);
         lua_pushlightuserdata(L, &a);
-        if (lua_pcall(L, 1, 0, 0) != 0)
-            lua_settop(L, top);
+        if (lua_pcall(L, 1, 0, 0) != 0 && a.done < a.n && tries == 7)
+            fprintf(stderr, "sendx: %d request log entries lost: %s\n", a.n - a.done,
+                    lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
+        lua_settop(L, top);
     }
-    if (a.done < a.n)
-        fprintf(stderr, "sendx: %d request log entries lost (out of memory)\n", a.n - a.done);
+    if (a.n < n)
+        fprintf(stderr, "sendx: %d request log entries lost: out of memory\n", n);
     for (i = 0; i < n; i++)
         free(recs[i].response);
+    free(u);
+    free(b);
     lua_settop(L, top);
 }

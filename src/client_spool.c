@@ -183,62 +183,108 @@ int sx_do_spool_stats(lua_State *L, sx_client *c)
     return 1;
 }
 
-/* One dead letter on its way into the list at slot list. */
+/* The dead letters read from the database, copied: no Lua code runs while
+ * SQLite steps (a finalizer could close this client, and its spool, under
+ * the statement), and an error raised while the list is built cannot leave
+ * a statement unfinished. */
 typedef struct {
-    lua_State *L;
-    int list, failed;
-    const sx_spool_dead *d;
-} dead_push;
+    sx_spool_dead *rows;
+    size_t n, cap;
+    int oom;
+} dead_list;
 
-#define DEAD_STEP_KEY "sendx.dead_step"
-
-/* Appends p->d to the list (its second argument); run under lua_pcall. */
-static int dead_step(lua_State *L)
+/* A malloc'ed copy of the n bytes at p, NUL-terminated; NULL for NULL. */
+static char *dup_bytes(const char *p, size_t n, int *oom)
 {
-    const sx_spool_dead *d = ((dead_push *)lua_touserdata(L, 1))->d;
-    lua_createtable(L, 0, 10);
-    set_integer(L, "id", d->id);
-    lua_pushstring(L, d->op);
-    lua_setfield(L, -2, "op");
-    lua_pushstring(L, d->email);
-    lua_setfield(L, -2, "email");
-    lua_pushstring(L, d->kind);
-    lua_setfield(L, -2, "kind");
-    set_integer(L, "status", d->status);
-    lua_pushstring(L, d->message);
-    lua_setfield(L, -2, "message");
-    lua_pushlstring(L, d->excerpt ? d->excerpt : "", d->excerpt_len);
-    lua_setfield(L, -2, "body");
-    lua_pushlstring(L, d->request ? d->request : "", d->request_len);
-    lua_setfield(L, -2, "request");
-    set_number(L, "failed_at", d->failed_at);
-    set_integer(L, "attempts", d->attempts);
-    lua_rawseti(L, 2, (int)lua_rawlen(L, 2) + 1);
-    return 0;
+    char *q;
+    if (p == NULL)
+        return NULL;
+    if ((q = malloc(n + 1)) == NULL) {
+        *oom = 1;
+        return NULL;
+    }
+    memcpy(q, p, n);
+    q[n] = '\0';
+    return q;
 }
 
-/* Called for each row while SQLite steps: an error raised here would leave
- * the statement unfinished (a read snapshot held, and a database close that
- * fails), so the row is pushed under lua_pcall and the error raised once
- * the query is over (its value left on the stack). */
-static void push_dead(void *ud, const sx_spool_dead *d)
+static void free_dead(dead_list *l)
 {
-    dead_push *p = ud;
-    lua_State *L = p->L;
-    if (p->failed)
+    size_t i;
+    for (i = 0; i < l->n; i++) {
+        sx_spool_dead *d = &l->rows[i];
+        free((char *)d->op);
+        free((char *)d->email);
+        free((char *)d->kind);
+        free((char *)d->message);
+        free((char *)d->excerpt);
+        free((char *)d->request);
+    }
+    free(l->rows);
+}
+
+static void copy_dead(void *ud, const sx_spool_dead *d)
+{
+    dead_list *l = ud;
+    sx_spool_dead *c;
+    if (l->oom)
         return;
-    p->d = d;
-    lua_getfield(L, LUA_REGISTRYINDEX, DEAD_STEP_KEY);
-    lua_pushlightuserdata(L, p);
-    lua_pushvalue(L, p->list);
-    if (lua_pcall(L, 2, 0, 0) != 0)
-        p->failed = 1;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        sx_spool_dead *rows = realloc(l->rows, cap * sizeof *rows);
+        if (rows == NULL) {
+            l->oom = 1;
+            return;
+        }
+        l->rows = rows;
+        l->cap = cap;
+    }
+    c = &l->rows[l->n++];
+    *c = *d;
+    c->op = dup_bytes(d->op, strlen(d->op), &l->oom);
+    c->email = dup_bytes(d->email, strlen(d->email), &l->oom);
+    c->kind = dup_bytes(d->kind, strlen(d->kind), &l->oom);
+    c->message = dup_bytes(d->message, strlen(d->message), &l->oom);
+    c->excerpt = dup_bytes(d->excerpt, d->excerpt_len, &l->oom);
+    c->request = dup_bytes(d->request, d->request_len, &l->oom);
+}
+
+#define DEAD_LIST_KEY "sendx.dead_list"
+
+/* Pushes the list of the dead_list at slot 1; run under lua_pcall. */
+static int push_dead_list(lua_State *L)
+{
+    const dead_list *l = lua_touserdata(L, 1);
+    size_t i;
+    lua_createtable(L, (int)l->n, 0);
+    for (i = 0; i < l->n; i++) {
+        const sx_spool_dead *d = &l->rows[i];
+        lua_createtable(L, 0, 10);
+        set_integer(L, "id", d->id);
+        lua_pushstring(L, d->op);
+        lua_setfield(L, -2, "op");
+        lua_pushstring(L, d->email);
+        lua_setfield(L, -2, "email");
+        lua_pushstring(L, d->kind);
+        lua_setfield(L, -2, "kind");
+        set_integer(L, "status", d->status);
+        lua_pushstring(L, d->message);
+        lua_setfield(L, -2, "message");
+        lua_pushlstring(L, d->excerpt ? d->excerpt : "", d->excerpt_len);
+        lua_setfield(L, -2, "body");
+        lua_pushlstring(L, d->request ? d->request : "", d->request_len);
+        lua_setfield(L, -2, "request");
+        set_number(L, "failed_at", d->failed_at);
+        set_integer(L, "attempts", d->attempts);
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    return 1;
 }
 
 void sx_spool_lua_init(lua_State *L)
 {
-    lua_pushcfunction(L, dead_step);
-    lua_setfield(L, LUA_REGISTRYINDEX, DEAD_STEP_KEY);
+    lua_pushcfunction(L, push_dead_list);
+    lua_setfield(L, LUA_REGISTRYINDEX, DEAD_LIST_KEY);
 }
 
 /* client:dead_letters([limit]) -> { { id, op, email, kind, status, message,
@@ -247,19 +293,22 @@ int sx_do_dead_letters(lua_State *L, sx_client *c)
 {
     lua_Integer limit = luaL_optinteger(L, 2, 0);
     sx_spool *s = need_spool(L, c);
-    dead_push p;
+    dead_list l;
     int rc;
-    lua_newtable(L);
-    p.L = L;
-    p.list = lua_gettop(L);
-    p.failed = 0;
-    rc = sx_spool_dead_each(s, (long)limit, push_dead, &p);
-    if (p.failed)
-        return lua_error(L); /* the error a row raised */
-    if (rc != 0)
+    memset(&l, 0, sizeof l);
+    if (sx_spool_dead_each(s, (long)limit, copy_dead, &l) != 0) {
+        free_dead(&l);
         return luaL_error(L, "%s", sx_spool_error(s));
-    lua_settop(L, p.list);
-    return 1;
+    }
+    if (l.oom) {
+        free_dead(&l);
+        return MEMERR(L);
+    }
+    lua_getfield(L, LUA_REGISTRYINDEX, DEAD_LIST_KEY);
+    lua_pushlightuserdata(L, &l);
+    rc = lua_pcall(L, 1, 1, 0);
+    free_dead(&l);
+    return rc == 0 ? 1 : lua_error(L);
 }
 
 /* The ids at slot 2 (nil or none: all): a malloc'ed array in *out, its

@@ -364,13 +364,10 @@ sx_spool *sx_spool_open(const char *path, const sx_spool_opts *o, unsigned long 
 void sx_spool_close(sx_spool *s)
 {
     int i;
-    sqlite3_stmt *st;
     if (s == NULL)
         return;
     for (i = 0; i < ST_COUNT; i++)
         sqlite3_finalize(s->st[i]);
-    while (s->db != NULL && (st = sqlite3_next_stmt(s->db, NULL)) != NULL)
-        sqlite3_finalize(st); /* a statement left unfinished would keep the file open */
     sqlite3_close(s->db);
     free(s->path);
     free(s);
