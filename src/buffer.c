@@ -33,6 +33,17 @@ int sx_buf_cstr(sx_buf *b)
     return 0;
 }
 
+char *sx_memdup(const char *p, size_t n)
+{
+    char *q = malloc(n + 1);
+    if (q != NULL) {
+        if (n > 0)
+            memcpy(q, p, n);
+        q[n] = '\0';
+    }
+    return q;
+}
+
 void sx_buf_free(sx_buf *b)
 {
     free(b->data);

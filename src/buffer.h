@@ -17,6 +17,10 @@ int sx_buf_reserve(sx_buf *b, size_t extra);
 int sx_buf_cstr(sx_buf *b);
 void sx_buf_free(sx_buf *b);
 
+/* A malloc'ed copy of the n bytes at p, NUL-terminated (p may be NULL when
+ * n is 0); NULL when memory could not be had. */
+char *sx_memdup(const char *p, size_t n);
+
 static inline void sx_buf_reset(sx_buf *b) { b->len = 0; }
 
 /* Lets go of a buffer that grew past what everyday calls need, so that one

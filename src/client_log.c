@@ -118,18 +118,6 @@ void sx_log_init(lua_State *L)
     lua_setfield(L, LUA_REGISTRYINDEX, LOG_STEP_KEY);
 }
 
-/* A malloc'ed copy of the n bytes at p (NUL-terminated), or NULL. */
-static char *copy_of(const char *p, size_t n)
-{
-    char *q = malloc(n + 1);
-    if (q != NULL) {
-        if (n > 0)
-            memcpy(q, p, n);
-        q[n] = '\0';
-    }
-    return q;
-}
-
 void sx_log_call(lua_State *L, sx_client *c, const char *url, const char *body, size_t len,
                  sx_attempt_rec *recs, int n)
 {
@@ -137,7 +125,7 @@ void sx_log_call(lua_State *L, sx_client *c, const char *url, const char *body, 
     int top = lua_gettop(L), tries, i;
     /* copies: url and body may be the client's buffers, which the log
      * function may reuse or free (by a call, or close) before a retry */
-    char *u = copy_of(url, strlen(url)), *b = c->log_bodies ? copy_of(body ? body : "", len) : NULL;
+    char *u = sx_memdup(url, strlen(url)), *b = c->log_bodies ? sx_memdup(body, len) : NULL;
     a.c = c;
     a.url = u;
     a.body = b;

@@ -193,18 +193,13 @@ typedef struct {
     int oom;
 } dead_list;
 
-/* A malloc'ed copy of the n bytes at p, NUL-terminated; NULL for NULL. */
+/* A copy of the n bytes at p; NULL for NULL, and *oom set when memory
+ * could not be had. */
 static char *dup_bytes(const char *p, size_t n, int *oom)
 {
-    char *q;
-    if (p == NULL)
-        return NULL;
-    if ((q = malloc(n + 1)) == NULL) {
+    char *q = p != NULL ? sx_memdup(p, n) : NULL;
+    if (p != NULL && q == NULL)
         *oom = 1;
-        return NULL;
-    }
-    memcpy(q, p, n);
-    q[n] = '\0';
     return q;
 }
 
