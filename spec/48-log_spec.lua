@@ -145,6 +145,32 @@ describe("request log", function()
     assert.equal(0, rc, out)
     assert.equal("rc=0\n", out) -- helpers.run appends the status: nothing else was printed
   end)
+
+  it("SENDX_DEBUG lines stay right when the log function makes a call with the same client", function()
+    -- the track below reuses the client's URL and body buffers before the
+    -- identify's second attempt is printed
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write(string.format([[
+      local sendx = require "sendx"
+      local c
+      c = sendx.new { api_key = %q, team_id = %q, base_url = %q, log = function(e)
+        if e.op == "identify" and e.attempt == 1 then
+          assert(c:track("reuse@example.com", { addTags = { "in-log" } }))
+        end
+      end }
+      assert(c:identify { email = "reuse@example.com" })
+      c:close()
+    ]], m.api_key, m.team_id, m.url))
+    f:close()
+    finally(function() os.remove(script) end)
+    m:fault { status = 503, times = 1 }
+    local rc, out = helpers.run(string.format("SENDX_DEBUG=1 LUA_CPATH='%s/?.so;;' %s %s",
+      os.getenv("SENDX_TEST_BUILD") or "build/lua5.4", os.getenv("SENDX_TEST_LUA") or "lua5.4", script))
+    assert.equal(0, rc, out)
+    assert.matches("sendx: identify [^ ]+/contact/identify%?team_id=[^ ]+ attempt 2: ok", out)
+    assert.matches("sendx: track [^ ]+/contact/track%?[^ ]+ attempt 1: ok", out)
+  end)
 end)
 
 if openresty.skip_outside_jit("request log inside nginx", describe, pending) then return end
