@@ -46,13 +46,17 @@ local function count(t)
 end
 
 -- A Lua script in the background (its output in a log file); returns its pid.
-local function background(script)
+-- With unreaped, the script is the child of a `sleep 120`, which never reaps
+-- it: once it exits it stays a zombie until that sleep is killed. The pid
+-- returned is then the sleep's.
+local function background(script, unreaped)
   local f = os.tmpname()
   local h = assert(io.open(f, "w"))
   h:write(script)
   h:close()
-  local p = io.popen(string.format("LUA_CPATH='%s/?.so;;' %s %s >%s.log 2>&1 & echo $!",
-    BUILD, LUA, f, f))
+  local cmd = string.format("LUA_CPATH='%s/?.so;;' %s %s >%s.log 2>&1", BUILD, LUA, f, f)
+  if unreaped then cmd = "sh -c \"" .. cmd .. " & exec sleep 120\" >/dev/null 2>&1" end
+  local p = io.popen(cmd .. " & echo $!")
   local pid = p:read("*l")
   p:close()
   return pid, f
@@ -349,6 +353,43 @@ describe("spool #spool", function()
       end
     end
     assert.is_true(twice <= 16, twice .. " calls sent twice")
+    c:close()
+  end)
+
+  it("the calls of a process that exited but was not reaped (a zombie) are taken over", function()
+    -- a container whose init does not reap orphans keeps them as zombies,
+    -- and kill(pid, 0) succeeds on a zombie
+    local path, clean = tmp_spool()
+    finally(clean)
+    m:fault { delay = 1, times = 2 } -- two calls are in flight (claimed) at the exit
+    local ready = path .. ".ready"
+    local parent = background(client_src(m, path, "max_in_flight = 2") .. string.format([[
+      for i = 1, 6 do assert(client:identify_async { email = "z" .. i .. "@example.com" }) end
+      local f = io.open("/proc/self/stat")
+      local pid = f:read("*n")
+      f:close()
+      f = io.open(%q .. ".tmp", "w")
+      f:write(pid)
+      f:close()
+      os.rename(%q .. ".tmp", %q)
+      require("socket").sleep(0.3) -- the worker has claimed its first two calls
+      os.execute("kill -9 " .. pid)
+    ]], ready, ready, ready), true)
+    finally(function() os.execute("kill " .. parent .. " 2>/dev/null") end)
+    local child
+    wait_for(function()
+      local f = io.open(ready)
+      child = f and f:read("*n")
+      if f then f:close() end
+      return child ~= nil
+    end, 20, "the child")
+    wait_for(function() return helpers.read("/proc/" .. child .. "/stat"):match("^%d+ %b() Z") end,
+      10, "the child's exit")
+    local c = new(path)
+    wait_for(function() return c:spool_stats().pending == 0 end, 20, "the zombie's calls")
+    assert.truthy(helpers.read("/proc/" .. child .. "/stat"):match("^%d+ %b() Z"), "still a zombie")
+    local seen = emails_seen(m)
+    for i = 1, 6 do assert.is_true((seen["z" .. i .. "@example.com"] or 0) >= 1, "z" .. i) end
     c:close()
   end)
 

@@ -102,6 +102,21 @@ local function children(pid)
   return out
 end
 
+-- What to look at when calls are missing: the spool as the workers see it,
+-- and every nginx process with its parent and state (Z: a zombie).
+local function diagnosis(port)
+  local http = require "socket.http"
+  local out = { "stats: " .. tostring((http.request("http://127.0.0.1:" .. port .. "/stats"))) }
+  for entry in io.popen("ls /proc"):lines() do
+    local f = entry:match("^%d+$") and io.open("/proc/" .. entry .. "/stat")
+    local stat = f and f:read("*l")
+    if f then f:close() end
+    local name, state, ppid = (stat or ""):match("^%d+ %((.-)%) (%a) (%d+)")
+    if name == "nginx" then out[#out + 1] = string.format("nginx %s: ppid %s, state %s", entry, ppid, state) end
+  end
+  return table.concat(out, "\n")
+end
+
 local function events(from, to)
   local paths = {}
   for i = from, to do paths[#paths + 1] = "/event?email=n" .. i .. "%40example.com" end
@@ -129,7 +144,7 @@ describe("spool inside nginx", function()
     local before = emails(m, {}) -- what arrived so far, which the reset forgets
     m:reset() -- SendX answers at once now: the new workers deliver what the old ones left
     local missing, twice = wait_delivered(m, before, 1, 1000, 60)
-    assert.equal(0, missing)
+    assert.equal(0, missing, diagnosis(app.port))
     assert.is_true(twice <= 64, twice .. " sent twice")
     -- quit (graceful shutdown) with calls queued: nginx exits, the next one delivers them
     m:fault { delay = 1, times = 1000000 }
@@ -150,7 +165,7 @@ describe("spool inside nginx", function()
     m:reset()
     app:restart()
     missing, twice = wait_delivered(m, before, 1001, 2000, 60)
-    assert.equal(0, missing)
+    assert.equal(0, missing, diagnosis(app.port))
     assert.is_true(twice <= 64, twice .. " sent twice")
   end)
 
@@ -173,7 +188,7 @@ describe("spool inside nginx", function()
     local before = emails(m, {}) -- what arrived so far, which the reset forgets
     m:reset()     -- and SendX answers at once now
     local missing, twice = wait_delivered(m, before, 1, N, 60)
-    assert.equal(0, missing)
+    assert.equal(0, missing, diagnosis(app.port))
     assert.is_true(twice <= 64, twice .. " sent twice") -- at most the calls in flight at the stop
   end)
 end)

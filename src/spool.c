@@ -136,9 +136,10 @@ static int fail(sx_spool *s, const char *what)
  * Processes: who is alive
  * ------------------------------------------------------------------------ */
 
-/* The start time of process pid (clock ticks since boot), 0 when unknown
- * (no /proc): then a pid alone names a process. */
-static long long start_time(pid_t pid)
+/* From /proc/<pid>/stat: the process's state letter ('Z' a zombie) and start
+ * time (clock ticks since boot). 0 when unknown (no /proc): then a pid alone
+ * names a process. */
+static long long proc_stat(pid_t pid, char *state)
 {
     char name[64], buf[1024];
     const char *p;
@@ -146,6 +147,7 @@ static long long start_time(pid_t pid)
     int field;
     size_t n;
     FILE *f;
+    *state = '?';
     snprintf(name, sizeof name, "/proc/%ld/stat", (long)pid);
     if ((f = fopen(name, "r")) == NULL)
         return 0;
@@ -154,6 +156,8 @@ static long long start_time(pid_t pid)
     buf[n] = '\0';
     if ((p = strrchr(buf, ')')) == NULL)
         return 0;
+    if (p[1] == ' ' && p[2] != '\0')
+        *state = p[2]; /* field 3 */
     for (field = 2; field < 22 && *p != '\0'; p++) /* field 22: starttime */
         if (*p == ' ')
             field++;
@@ -165,16 +169,24 @@ static long long start_time(pid_t pid)
 /* This process, as claims name it. */
 static void me(pid_t *pid, long long *start)
 {
+    char state;
     *pid = getpid();
-    *start = start_time(*pid);
+    *start = proc_stat(*pid, &state);
 }
 
+/* Whether the process that started at start still runs as pid. A zombie has
+ * exited: its parent has not reaped it yet, which may take long (a container
+ * whose init does not reap orphans, nginx's workers after their master was
+ * killed), and kill(pid, 0) still succeeds on it. */
 static int process_alive(long long pid, long long start)
 {
     long long now_start;
+    char state;
     if (pid <= 0 || (kill((pid_t)pid, 0) != 0 && errno != EPERM))
         return 0;
-    now_start = start_time((pid_t)pid);
+    now_start = proc_stat((pid_t)pid, &state);
+    if (state == 'Z' || state == 'X' || state == 'x')
+        return 0;
     return start == 0 || now_start == 0 || now_start == start; /* else the pid was reused */
 }
 

@@ -251,6 +251,9 @@ function Mock:_terminate(sig)
   if pid and alive(pid) then
     signal(sig or "TERM", pid)
     if not wait_until(dead, STOP_TIMEOUT) then
+      -- its workers outlive it, as orphans: say so in the test's output
+      io.stderr:write(string.format("sendx mock: nginx %d still running %d s after SIG%s; SIGKILL\n",
+        pid, STOP_TIMEOUT, sig or "TERM"))
       signal("KILL", pid)
       wait_until(dead, 1)
     end
