@@ -177,14 +177,27 @@ local function head_end(buf, e)
   return nil
 end
 
+-- Whether c (a byte, or nil) is a decimal digit.
+local function digit(c)
+  return c ~= nil and c >= 48 and c <= 57
+end
+
+-- The HTTP minor version (a string) and the status (a number) of the status
+-- line at p, or nil: match(b, "^HTTP/1%.(%d) (%d%d%d)", p) with bytes.
+local function status_line(b, p)
+  if sub(b, p, p + 6) ~= "HTTP/1." then return nil end
+  local m, sp, s1, s2, s3 = byte(b, p + 7, p + 11)
+  if not (digit(m) and sp == 32 and digit(s1) and digit(s2) and digit(s3)) then return nil end
+  return sub(b, p + 7, p + 7), (s1 - 48) * 100 + (s2 - 48) * 10 + (s3 - 48)
+end
+
 -- Status, headers and HTTP minor version of the final response (100 and 103
 -- are interim; other 1xx are refused), then buf, pos; or nil, err.
 local function read_head(sock, deadline, buf, pos)
   while true do
     local b, p, e = line_at(sock, deadline, buf, pos)
     if not b then return nil, p end
-    local minor, status = match(b, "^HTTP/1%.(%d) (%d%d%d)", p)
-    status = tonumber(status)
+    local minor, status = status_line(b, p)
     if not status then return nil, "malformed status line from the server" end
     local headers
     local blank_end = head_end(b, e)
