@@ -164,6 +164,63 @@ static void unlink_limbo(sx_client *c, sx_job *j)
         }
 }
 
+#if LUA_VERSION_NUM == 502 || LUA_VERSION_NUM == 503
+/* enter_callback(restart, callback, ...): calls the callback; the collector,
+ * stopped by sx_call_user, starts again only once nothing is left to
+ * allocate before the callback's first instruction. */
+static int nothing(lua_State *L)
+{
+    (void)L;
+    return 0;
+}
+
+static int enter_callback(lua_State *L)
+{
+    int restart = lua_toboolean(L, 1);
+    lua_remove(L, 1);
+    /* the room the callback's frame takes (at most 255 registers), and its
+     * CallInfo, made now: entering it then allocates nothing */
+    luaL_checkstack(L, 260, "callback arguments");
+    lua_pushcfunction(L, nothing);
+    lua_call(L, 0, 0);
+    if (restart)
+        lua_gc(L, LUA_GCRESTART, 0); /* no debt: no step before the callback runs */
+    lua_call(L, lua_gettop(L) - 1, 0);
+    return 0;
+}
+#endif
+
+/* Calls the user's function (a callback, on_error, the log function) under
+ * its nargs arguments on top, like lua_pcall(L, nargs, 0, 0). On Lua 5.2 and
+ * 5.3 entering a function may run a collector step, and a finalizer that
+ * raises there would be taken for the function's own error although it never
+ * ran: the collector is stopped until the function is entered.
+ * [-(nargs+1), +(0|1)] */
+int sx_call_user(lua_State *L, int nargs)
+{
+#if LUA_VERSION_NUM == 502 || LUA_VERSION_NUM == 503
+    int running = lua_gc(L, LUA_GCISRUNNING, 0), rc;
+    int func = lua_gettop(L) - nargs;
+    if (running)
+        lua_gc(L, LUA_GCSTOP, 0);
+    if (!lua_checkstack(L, 2)) { /* out of memory: no step can run in between */
+        if (running)
+            lua_gc(L, LUA_GCRESTART, 0);
+        return lua_pcall(L, nargs, 0, 0);
+    }
+    lua_pushcfunction(L, enter_callback);
+    lua_insert(L, func);
+    lua_pushboolean(L, running);
+    lua_insert(L, func + 1);
+    rc = lua_pcall(L, nargs + 2, 0, 0);
+    if (running && !lua_gc(L, LUA_GCISRUNNING, 0))
+        lua_gc(L, LUA_GCRESTART, 0); /* cut before the callback: a C stack overflow */
+    return rc;
+#else
+    return lua_pcall(L, nargs, 0, 0);
+#endif
+}
+
 /* build_job(job) -> callback, results: in a protected call (with the
  * module's upvalues: sx_push_result decodes with UV_DECODE). */
 static int build_job(lua_State *L)
@@ -253,14 +310,14 @@ static int run_done(lua_State *L, sx_client *c, int errs)
         luaL_unref(L, LUA_REGISTRYINDEX, ref);
         n++;
         if (!lua_isnil(L, base + 1)) {
-            if (lua_pcall(L, lua_gettop(L) - base - 1, 0, 0) != 0)
+            if (sx_call_user(L, lua_gettop(L) - base - 1) != 0)
                 report_error(L, c, errs);
         } else if (recovered && c->on_error_ref != LUA_NOREF && lua_gettop(L) >= base + 4) {
             /* a call recovered from the spool failed: on_error(message, info) */
             lua_rawgeti(L, LUA_REGISTRYINDEX, c->on_error_ref);
             lua_pushvalue(L, base + 3);
             lua_pushvalue(L, base + 4);
-            if (lua_pcall(L, 2, 0, 0) != 0)
+            if (sx_call_user(L, 2) != 0)
                 report_error(L, c, errs);
         }
         lua_settop(L, base);

@@ -102,7 +102,7 @@ static int log_step(lua_State *L)
         if (c->log_ref != LUA_NOREF) {
             lua_rawgeti(L, LUA_REGISTRYINDEX, c->log_ref);
             push_entry(L, c, &a->recs[a->done], u, b);
-            if (lua_pcall(L, 1, 0, 0) != 0) {
+            if (sx_call_user(L, 1) != 0) {
                 fprintf(stderr, "sendx: log function error: %s\n",
                         lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
                 lua_pop(L, 1);
