@@ -178,6 +178,28 @@ describe("promises", function()
     end
   end)
 
+  it("the collector is as callbacks leave it: running, or stopped by one of them", function()
+    -- sendx pauses the collector while it enters a callback (Lua 5.2/5.3)
+    if not pcall(collectgarbage, "isrunning") or LUA == "jit" then
+      pending("collectgarbage('isrunning') is Lua 5.2+")
+      return
+    end
+    finally(function() collectgarbage("restart") end)
+    local c = new()
+    local during = {}
+    for i = 1, 2 do
+      assert(c:identify_async({ email = "gc" .. i .. "@example.com" }, function()
+        during[i] = collectgarbage("isrunning")
+        if i == 2 then collectgarbage("stop") end
+      end))
+      assert.is_true(c:flush(10))
+    end
+    assert.same({ true, true }, during)
+    assert.is_false(collectgarbage("isrunning"))
+    collectgarbage("restart")
+    c:close()
+  end)
+
   it("a finalizer that reuses the client does not take a failed call's message", function()
     local port = helpers.closed_port and helpers.closed_port() or 9
     local c = sendx.new { api_key = m.api_key, team_id = m.team_id, base_url = "http://127.0.0.1:" .. port,

@@ -165,9 +165,10 @@ static void unlink_limbo(sx_client *c, sx_job *j)
 }
 
 #if LUA_VERSION_NUM == 502 || LUA_VERSION_NUM == 503
-/* enter_callback(restart, callback, ...): calls the callback; the collector,
- * stopped by sx_call_user, starts again only once nothing is left to
- * allocate before the callback's first instruction. */
+/* enter_callback(restarted, callback, ...): calls the callback; the
+ * collector, stopped by sx_call_user, starts again only once nothing is left
+ * to allocate before the callback's first instruction. restarted: NULL when
+ * the collector was stopped already, else an int set once it runs again. */
 static int nothing(lua_State *L)
 {
     (void)L;
@@ -176,15 +177,17 @@ static int nothing(lua_State *L)
 
 static int enter_callback(lua_State *L)
 {
-    int restart = lua_toboolean(L, 1);
+    int *restarted = lua_touserdata(L, 1);
     lua_remove(L, 1);
     /* the room the callback's frame takes (at most 255 registers), and its
      * CallInfo, made now: entering it then allocates nothing */
     luaL_checkstack(L, 260, "callback arguments");
     lua_pushcfunction(L, nothing);
     lua_call(L, 0, 0);
-    if (restart)
+    if (restarted != NULL) {
         lua_gc(L, LUA_GCRESTART, 0); /* no debt: no step before the callback runs */
+        *restarted = 1;
+    }
     lua_call(L, lua_gettop(L) - 1, 0);
     return 0;
 }
@@ -199,7 +202,7 @@ static int enter_callback(lua_State *L)
 int sx_call_user(lua_State *L, int nargs)
 {
 #if LUA_VERSION_NUM == 502 || LUA_VERSION_NUM == 503
-    int running = lua_gc(L, LUA_GCISRUNNING, 0), rc;
+    int running = lua_gc(L, LUA_GCISRUNNING, 0), restarted = 0, rc;
     int func = lua_gettop(L) - nargs;
     if (running)
         lua_gc(L, LUA_GCSTOP, 0);
@@ -210,11 +213,15 @@ int sx_call_user(lua_State *L, int nargs)
     }
     lua_pushcfunction(L, enter_callback);
     lua_insert(L, func);
-    lua_pushboolean(L, running);
+    if (running)
+        lua_pushlightuserdata(L, &restarted);
+    else
+        lua_pushnil(L);
     lua_insert(L, func + 1);
     rc = lua_pcall(L, nargs + 2, 0, 0);
-    if (running && !lua_gc(L, LUA_GCISRUNNING, 0))
-        lua_gc(L, LUA_GCRESTART, 0); /* cut before the callback: a C stack overflow */
+    if (running && !restarted) /* cut before the callback (a C stack overflow) */
+        lua_gc(L, LUA_GCRESTART, 0);
+    /* else as the function left it: it may have stopped the collector */
     return rc;
 #else
     return lua_pcall(L, nargs, 0, 0);
