@@ -326,9 +326,11 @@ function Mock:kill()
   self:_terminate("KILL")
 end
 
-function Mock:restart()
+-- between: a function run once nginx has stopped, before it starts again.
+function Mock:restart(between)
   assert(not self.stopped, "sendx mock: restart after stop")
   self:_terminate()
+  if between then between() end
   local ok, err = self:_launch()
   if not ok then error("sendx mock: nginx did not restart:\n" .. err, 2) end
 end
