@@ -66,6 +66,7 @@ local function start_app()
              USER = io.popen("id -u"):read("*l") == "0" and "user root;" or "" },
   }
   finally(function() app:stop() m:stop() clean() end)
+  app.spool = dir .. "/events.spool"
   return m, app
 end
 
@@ -103,18 +104,28 @@ local function children(pid)
 end
 
 -- What to look at when calls are missing: the spool as the workers see it,
--- and every nginx process with its parent and state (Z: a zombie).
-local function diagnosis(port)
-  local http = require "socket.http"
-  local out = { "stats: " .. tostring((http.request("http://127.0.0.1:" .. port .. "/stats"))) }
-  for entry in io.popen("ls /proc"):lines() do
-    local f = entry:match("^%d+$") and io.open("/proc/" .. entry .. "/stat")
-    local stat = f and f:read("*l")
-    if f then f:close() end
-    local name, state, ppid = (stat or ""):match("^%d+ %((.-)%) (%a) (%d+)")
-    if name == "nginx" then out[#out + 1] = string.format("nginx %s: ppid %s, state %s", entry, ppid, state) end
-  end
-  return table.concat(out, "\n")
+-- its pending rows (with the sqlite3 command, when there is one), and every
+-- nginx process with its parent and state (Z: a zombie).
+local function diagnosis(app)
+  local ok, text = pcall(function()
+    local http = require "socket.http"
+    local out = { "stats: " .. tostring((http.request("http://127.0.0.1:" .. app.port .. "/stats"))) }
+    local p = io.popen("command -v sqlite3 >/dev/null && sqlite3 -readonly '" .. app.spool .. "' "
+      .. "\"SELECT id, email, attempts, round(due - strftime('%s','now'), 1), origin_pid, claim_pid,"
+      .. " round(lease_until - strftime('%s','now'), 1) FROM calls WHERE dead = 0 LIMIT 30\" 2>&1")
+    out[#out + 1] = "pending rows (id|email|attempts|due in|origin pid|claim pid|lease left):\n"
+      .. p:read("*a")
+    p:close()
+    for entry in io.popen("ls /proc"):lines() do
+      local f = entry:match("^%d+$") and io.open("/proc/" .. entry .. "/stat")
+      local stat = f and f:read("*l")
+      if f then f:close() end
+      local name, state, ppid = (stat or ""):match("^%d+ %((.-)%) (%a) (%d+)")
+      if name == "nginx" then out[#out + 1] = string.format("nginx %s: ppid %s, state %s", entry, ppid, state) end
+    end
+    return table.concat(out, "\n")
+  end)
+  return ok and text or "(no diagnosis: " .. tostring(text) .. ")"
 end
 
 local function events(from, to)
@@ -144,7 +155,7 @@ describe("spool inside nginx", function()
     local before = emails(m, {}) -- what arrived so far, which the reset forgets
     m:reset() -- SendX answers at once now: the new workers deliver what the old ones left
     local missing, twice = wait_delivered(m, before, 1, 1000, 60)
-    assert.equal(0, missing, diagnosis(app.port))
+    assert.equal(0, missing, diagnosis(app))
     assert.is_true(twice <= 64, twice .. " sent twice")
     -- quit (graceful shutdown) with calls queued: nginx exits, the next one delivers them
     m:fault { delay = 1, times = 1000000 }
@@ -165,7 +176,7 @@ describe("spool inside nginx", function()
     m:reset()
     app:restart()
     missing, twice = wait_delivered(m, before, 1001, 2000, 60)
-    assert.equal(0, missing, diagnosis(app.port))
+    assert.equal(0, missing, diagnosis(app))
     assert.is_true(twice <= 64, twice .. " sent twice")
   end)
 
@@ -193,7 +204,7 @@ describe("spool inside nginx", function()
       m:reset()
     end)
     local missing, twice = wait_delivered(m, before, 1, N, 60)
-    assert.equal(0, missing, diagnosis(app.port))
+    assert.equal(0, missing, diagnosis(app))
     assert.is_true(twice <= 64, twice .. " sent twice") -- at most the calls in flight at the stop
   end)
 end)
