@@ -165,16 +165,17 @@ static void unlink_limbo(sx_client *c, sx_job *j)
 }
 
 #if LUA_VERSION_NUM == 502 || LUA_VERSION_NUM == 503
-/* enter_callback(restarted, callback, ...): calls the callback; the
- * collector, stopped by sx_call_user, starts again only once nothing is left
- * to allocate before the callback's first instruction. restarted: NULL when
- * the collector was stopped already, else an int set once it runs again. */
+/* Called once before the callback, to make the CallInfo it will use. */
 static int nothing(lua_State *L)
 {
     (void)L;
     return 0;
 }
 
+/* enter_callback(restarted, callback, ...): calls the callback; the
+ * collector, stopped by sx_call_user, starts again only once nothing is left
+ * to allocate before the callback's first instruction. restarted: NULL when
+ * the collector was stopped already, else an int set once it runs again. */
 static int enter_callback(lua_State *L)
 {
     int *restarted = lua_touserdata(L, 1);
