@@ -287,6 +287,23 @@ static int create_private(sx_spool *s)
     return 0;
 }
 
+/* Runs stmts, and again while it fails with SQLITE_BUSY, for up to BUSY_MS.
+ * The busy timeout does not cover every wait: a connection that holds a read
+ * lock and needs a write lock gets SQLITE_BUSY at once when another holds
+ * the write lock (SQLite's guard against a deadlock). Switching a new file
+ * to WAL is such a case, when other processes open the same new spool. */
+static int exec_busy(sx_spool *s, const char *stmts)
+{
+    struct timespec pause = { 0, 2000000L }; /* 2 ms */
+    int waited = 0, rc;
+    while (((rc = sqlite3_exec(s->db, stmts, NULL, NULL, NULL)) & 0xff) == SQLITE_BUSY &&
+           waited < BUSY_MS) {
+        nanosleep(&pause, NULL);
+        waited += 2;
+    }
+    return rc;
+}
+
 /* After each commit (under lock): how large the WAL is. */
 static int wal_hook(void *ud, sqlite3 *db, const char *name, int pages)
 {
@@ -359,7 +376,7 @@ sx_spool *sx_spool_open(const char *path, const sx_spool_opts *o, unsigned long 
         sqlite3_busy_timeout(s->db, BUSY_MS);
         ok = check_or_create(s) == 0;
     }
-    if (ok && sqlite3_exec(s->db, pragmas, NULL, NULL, NULL) != SQLITE_OK) {
+    if (ok && exec_busy(s, pragmas) != SQLITE_OK) {
         fail(s, NULL);
         ok = 0;
     }
