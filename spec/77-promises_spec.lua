@@ -104,7 +104,9 @@ describe("promises", function()
 
   -- Queues calls whose callbacks leave raising finalizers behind, flushes
   -- under an aggressive collector, and checks each callback ran once.
-  local function raising_finalizers(over, blob)
+  -- With raises, each callback then raises, and each callback's error (its
+  -- own, or a finalizer's that cut it short) must reach on_error once.
+  local function raising_finalizers(over, blob, raises)
     -- Lua 5.4 turns a finalizer's error into a warning; 5.1-5.3 raise it at
     -- whatever allocation runs the finalizer
     if LUA == "jit" then
@@ -112,21 +114,32 @@ describe("promises", function()
         .. "function: lua-cjson's decode alone shows it (docs/internals.md, Known issues)")
       return
     end
-    local opts = { max_in_flight = 8 }
-    for k, v in pairs(over or {}) do opts[k] = v end
-    local c = new(opts)
-    FLUSH = c.flush
-    local calls, seen, bad = 400, {}, {}
-    for i = 1, calls do seen[i] = 0 end -- counting allocates nothing: no finalizer cuts it short
+    local calls, seen, bad, reported = 400, {}, {}, {}
+    for i = 1, calls do seen[i], reported[i] = 0, 0 end -- counting allocates nothing: no finalizer cuts it short
     local armed = true -- finalizers that run after the test stay quiet
     local function boom() if armed and in_flush() then error("finalizer boom", 0) end end
     finally(function() armed = false end) -- also when an assertion fails
+    local opts = { max_in_flight = 8 }
+    local current -- the callback that ran last
+    if raises then
+      opts.on_error = function()
+        reported[current] = reported[current] + 1 -- the error of the callback that ran last
+      end
+    end
+    for k, v in pairs(over or {}) do opts[k] = v end
+    local c = new(opts)
+    FLUSH = c.flush
     for i = 1, calls do
       local contact = { email = "fin" .. i .. "@example.com", customFields = { blob = blob } }
       assert(c:identify_async(contact, function(res, err, info)
         seen[i] = seen[i] + 1
+        current = i
         if not res then bad[#bad + 1] = err end
         for _ = 1, 3 do local _ = with_finalizer(boom) end
+        if raises then
+          local none
+          none() -- raises without a function call: no collector step before it
+        end
       end))
     end
     local done = false
@@ -146,12 +159,21 @@ describe("promises", function()
       if clean == 2 then break end
     end
     for i = 1, calls do assert.equal(1, seen[i], "callback " .. i .. " ran " .. tostring(seen[i]) .. " times") end
+    if raises then
+      for i = 1, calls do
+        assert.equal(1, reported[i], "on_error got callback " .. i .. "'s error " .. reported[i] .. " times")
+      end
+    end
     assert.same({}, bad)
     c:close()
   end
 
   it("a finalizer raising during poll or flush loses no callback and makes no decode failure", function()
     raising_finalizers()
+  end)
+
+  it("callbacks that raise among raising finalizers: each one's error reaches on_error once", function()
+    raising_finalizers(nil, nil, true)
   end)
 
   it("a finalizer raising while poll hands out the request log loses no callback, and no entry comes twice", function()

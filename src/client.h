@@ -128,11 +128,6 @@ int sx_do_track_async(lua_State *L, sx_client *c, int arg);
  * if any. [-0, +1|2] */
 int sx_poll_client(lua_State *L, sx_client *c);
 
-/* lua_pcall(L, nargs, 0, 0) of a user's function (callback, on_error, log)
- * that no finalizer cuts short before its first instruction (Lua 5.2/5.3).
- * [-(nargs+1), +(0|1)] */
-int sx_call_user(lua_State *L, int nargs);
-
 /* flush: pushes true, or nil, "timeout"; then the callbacks' errors if any.
  * timeout < 0: no bound. [-0, +1..3] (a table of errors is left below) */
 int sx_flush_call(lua_State *L, sx_client *c, double timeout);

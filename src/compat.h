@@ -46,4 +46,9 @@ int lua_isinteger(lua_State *L, int idx);
 #define SENDX_HAVE_CLOSE 1
 #endif
 
+/* lua_pcall(L, nargs, 0, 0) of a user's function (callback, on_error, log)
+ * that no finalizer cuts short before its first instruction (Lua 5.2/5.3
+ * run a collector step as a function is entered). [-(nargs+1), +(0|1)] */
+int sx_call_user(lua_State *L, int nargs);
+
 #endif
