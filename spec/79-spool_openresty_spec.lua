@@ -109,7 +109,10 @@ end
 local function diagnosis(app)
   local ok, text = pcall(function()
     local http = require "socket.http"
-    local out = { "stats: " .. tostring((http.request("http://127.0.0.1:" .. app.port .. "/stats"))) }
+    local out = {}
+    for _ = 1, 4 do -- a new connection each: each worker's client, most likely
+      out[#out + 1] = "stats: " .. tostring((http.request("http://127.0.0.1:" .. app.port .. "/stats?worker=1")))
+    end
     local p = io.popen("command -v sqlite3 >/dev/null && sqlite3 -readonly '" .. app.spool .. "' "
       .. "\"SELECT id, email, attempts, round(due - strftime('%s','now'), 1), origin_pid, claim_pid,"
       .. " round(lease_until - strftime('%s','now'), 1) FROM calls WHERE dead = 0 LIMIT 30\" 2>&1")
@@ -121,8 +124,27 @@ local function diagnosis(app)
       local stat = f and f:read("*l")
       if f then f:close() end
       local name, state, ppid = (stat or ""):match("^%d+ %((.-)%) (%a) (%d+)")
-      if name == "nginx" then out[#out + 1] = string.format("nginx %s: ppid %s, state %s", entry, ppid, state) end
+      if name == "nginx" then
+        out[#out + 1] = string.format("nginx %s: ppid %s, state %s", entry, ppid, state)
+        if tonumber(ppid) ~= app.pid then -- the mock's, or app's master
+        elseif os.getenv("SENDX_TEST_GDB") then -- where each thread of a worker is
+          local g = io.popen("timeout 30 gdb -p " .. entry .. " -batch -ex 'thread apply all bt' 2>&1 | grep -E '^(Thread|#)'")
+          out[#out + 1] = g:read("*a")
+          g:close()
+        end
+      end
     end
+    local locks = io.open("/proc/locks")
+    out[#out + 1] = "/proc/locks:\n" .. (locks and locks:read("*a") or "(none)")
+    if locks then locks:close() end
+    local log = io.open(app.prefix .. "/error.log")
+    local lines = {}
+    for line in (log and log:lines() or function() end) do
+      lines[#lines + 1] = line
+      if #lines > 40 then table.remove(lines, 1) end
+    end
+    if log then log:close() end
+    out[#out + 1] = "the end of nginx's error.log:\n" .. table.concat(lines, "\n")
     return table.concat(out, "\n")
   end)
   return ok and text or "(no diagnosis: " .. tostring(text) .. ")"
