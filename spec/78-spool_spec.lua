@@ -393,6 +393,34 @@ describe("spool #spool", function()
     c:close()
   end)
 
+  it("another process that closes the spool leaves this process's WAL alone, and sees its calls", function()
+    -- opening a connection once closed a descriptor of the file, which
+    -- dropped the locks of this process's other connections: a process
+    -- closing its last connection then took the file as unused and deleted
+    -- the WAL under them. Calls added after that went to a deleted file
+    -- (nginx workers' spools were found corrupt)
+    local path, clean = tmp_spool()
+    finally(clean)
+    m:fault { delay = 3, times = 2 } -- the calls stay on disk while this runs
+    local inspect = new(path, { spool_deliver = false })
+    assert.equal(0, inspect:spool_stats().pending) -- its connection is open
+    local c = new(path) -- two more connections: its own and its thread's
+    assert(c:identify_async { email = "w1@example.com" })
+    local function other_sees(calls) -- another process opens the spool, counts, closes it
+      return helpers.run_script(client_src(m, path, "spool_deliver = false") .. string.format([[
+        local n = client:spool_stats().pending
+        client:close()
+        assert(n == %d, n .. " calls pending, not %d")
+      ]], calls, calls))
+    end
+    assert.is_true(other_sees(1), "another process sees 1 call")
+    assert.truthy(io.open(path .. "-wal"), "the WAL was deleted while this process had the spool open")
+    assert(c:identify_async { email = "w2@example.com" })
+    assert.is_true(other_sees(2), "another process sees 2 calls")
+    c:close(0)
+    inspect:close()
+  end)
+
   it("#slow processes opening one new spool at the same moment: each opens it, in WAL mode", function()
     -- nginx's workers do this at their first start. Switching a new file to
     -- WAL while another process holds the write lock fails at once (no busy

@@ -119,6 +119,9 @@ local function diagnosis(app)
     out[#out + 1] = "pending rows (id|email|attempts|due in|origin pid|claim pid|lease left):\n"
       .. p:read("*a")
     p:close()
+    p = io.popen("command -v sqlite3 >/dev/null && sqlite3 -readonly '" .. app.spool .. "' 'PRAGMA integrity_check' 2>&1")
+    out[#out + 1] = "integrity_check: " .. p:read("*a")
+    p:close()
     for entry in io.popen("ls /proc"):lines() do
       local f = entry:match("^%d+$") and io.open("/proc/" .. entry .. "/stat")
       local stat = f and f:read("*l")

@@ -275,16 +275,23 @@ static int check_or_create(sx_spool *s)
 
 /* Creates the file with mode 0600 (it holds contact data) before SQLite
  * does (SQLite's default follows the umask); its -wal and -shm files take
- * the same mode. */
+ * the same mode. An existing file is never opened here: closing a
+ * descriptor of it would drop every POSIX lock this process holds on it,
+ * those of its open connections too (the other connection of this client,
+ * other clients). Another process could then take the file as unused:
+ * delete the WAL under them, or switch the journal mode, and the spool
+ * would be corrupt. */
 static int create_private(sx_spool *s)
 {
-    int fd = open(s->path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        snprintf(s->err, sizeof s->err, "sendx: spool '%s': %s", s->path, strerror(errno));
-        return -1;
+    int fd = open(s->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+        close(fd); /* new: no connection of this process has it open */
+        return 0;
     }
-    close(fd);
-    return 0;
+    if (errno == EEXIST && access(s->path, R_OK | W_OK) == 0)
+        return 0;
+    snprintf(s->err, sizeof s->err, "sendx: spool '%s': %s", s->path, strerror(errno));
+    return -1;
 }
 
 /* Runs stmts, and again while it fails with SQLITE_BUSY, for up to BUSY_MS.
