@@ -294,19 +294,22 @@ static int create_private(sx_spool *s)
     return -1;
 }
 
-/* Runs stmts, and again while it fails with SQLITE_BUSY, for up to BUSY_MS.
+/* Runs stmts, and again while it fails with SQLITE_BUSY, until BUSY_MS have
+ * passed (by the clock: an attempt may itself wait in the busy handler).
  * The busy timeout does not cover every wait: a connection that holds a read
  * lock and needs a write lock gets SQLITE_BUSY at once when another holds
  * the write lock (SQLite's guard against a deadlock). Switching a new file
  * to WAL is such a case, when other processes open the same new spool. */
 static int exec_busy(sx_spool *s, const char *stmts)
 {
-    struct timespec pause = { 0, 2000000L }; /* 2 ms */
-    int waited = 0, rc;
-    while (((rc = sqlite3_exec(s->db, stmts, NULL, NULL, NULL)) & 0xff) == SQLITE_BUSY &&
-           waited < BUSY_MS) {
+    struct timespec pause = { 0, 2000000L }, t0, t; /* 2 ms between attempts */
+    int rc;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (((rc = sqlite3_exec(s->db, stmts, NULL, NULL, NULL)) & 0xff) == SQLITE_BUSY) {
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if ((t.tv_sec - t0.tv_sec) * 1000L + (t.tv_nsec - t0.tv_nsec) / 1000000L >= BUSY_MS)
+            break;
         nanosleep(&pause, NULL);
-        waited += 2;
     }
     return rc;
 }
