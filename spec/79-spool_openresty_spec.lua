@@ -129,8 +129,7 @@ local function diagnosis(app)
       local name, state, ppid = (stat or ""):match("^%d+ %((.-)%) (%a) (%d+)")
       if name == "nginx" then
         out[#out + 1] = string.format("nginx %s: ppid %s, state %s", entry, ppid, state)
-        if tonumber(ppid) ~= app.pid then -- the mock's, or app's master
-        elseif os.getenv("SENDX_TEST_GDB") then -- where each thread of a worker is
+        if tonumber(ppid) == app.pid and os.getenv("SENDX_TEST_GDB") then -- each thread of a worker
           local g = io.popen("timeout 30 gdb -p " .. entry .. " -batch -ex 'thread apply all bt' 2>&1 | grep -E '^(Thread|#)'")
           out[#out + 1] = g:read("*a")
           g:close()
